@@ -1,0 +1,124 @@
+"""The one place where any expert's prediction becomes a velocity on the sampler's path.
+
+Paper (HDDM, sec. 3): experts trained with DDPM (eps) or Flow Matching (velocity) are merged at
+inference by converting every output into a common velocity space. Here, for an expert on any
+schedule (linear, DDPM linear-beta, cosine) predicting eps, velocity or x0:
+
+1. Match signal-to-noise: find the expert time t_e with sigma_e/alpha_e = sigma_s/alpha_s.
+2. Rescale the state: x_e = x_s * n_e / n_s with n = sqrt(alpha^2 + sigma^2). At equal SNR this
+   equals alpha_e/alpha_s = sigma_e/sigma_s, so x_e = alpha_e x0 + sigma_e eps exactly; unlike
+   alpha_e/alpha_s it stays finite at the pure-noise end (alpha_s = 0).
+3. Call the network with t_e in its own time convention, recover (x0_hat, eps_hat) - these are
+   frame-independent - and form v_s = alpha_s' x0_hat + sigma_s' eps_hat.
+
+On the linear path with an eps expert on the linear path this is exactly the paper's
+x0_hat = (x_t - t eps)/(1 - t), v = eps - x0_hat. Safeguards: see safeguards.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .predictions import Prediction, _bcast, get_prediction
+from .safeguards import Safeguards, SafeguardStats
+from .schedules import LinearPath, Schedule, get_schedule
+from .time_inputs import check_time_input, network_time
+
+# network(x_e [B, ...], net_t [B], cond) -> prediction [B, ...]
+Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ExpertDeclaration:
+    """What an expert's network predicts, on which schedule, and how it reads time."""
+
+    prediction: str  # eps | velocity | x0
+    schedule: str  # linear | ddpm-linear | cosine
+    time_input: str  # discrete-999 | scaled-1000 | continuous
+
+    def __post_init__(self):
+        get_prediction(self.prediction)
+        get_schedule(self.schedule)
+        check_time_input(self.time_input)
+
+
+def same_schedule(a: Schedule, b: Schedule) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def map_to_expert_frame(x: torch.Tensor, t: torch.Tensor, sampler: Schedule, expert: Schedule):
+    """Sampler state (x, t) -> (x_e, t_e, expert coefficients) at equal signal-to-noise ratio."""
+    t64 = torch.as_tensor(t, dtype=torch.float64, device="cpu")
+    if same_schedule(sampler, expert):
+        return x, t64, expert.coefficients(t64)
+    t_e = expert.t_from_log_snr(sampler.log_snr(t64))
+    cs, ce = sampler.coefficients(t64), expert.coefficients(t_e)
+    scale = torch.sqrt(ce.alpha**2 + ce.sigma**2) / torch.sqrt(cs.alpha**2 + cs.sigma**2)
+    return x * _bcast(scale, x), t_e, ce
+
+
+def damp_velocity(v: torch.Tensor, t: torch.Tensor, sampler_coeffs, guard: Safeguards, stats: SafeguardStats):
+    """Adaptive damping of a converted velocity at high noise (formula in safeguards.py)."""
+    if not (guard.enabled and guard.damping):
+        return v
+    c = sampler_coeffs
+    v_ref = torch.sqrt(c.d_alpha**2 * guard.data_rms**2 + c.d_sigma**2)  # [B] float64
+    rms = v.detach().double().flatten(1).pow(2).mean(1).sqrt().cpu()
+    cap = guard.damping_ratio * v_ref
+    active = (torch.as_tensor(t, dtype=torch.float64) >= guard.damping_t_min) & (rms > cap)
+    if not bool(active.any()):
+        return v
+    factor = torch.where(active, cap / rms.clamp_min(1e-30), torch.ones_like(rms))
+    stats.damped += int(active.sum().item())
+    return v * _bcast(factor, v)
+
+
+def velocity_from_prediction(pred, x, t, *, declaration: ExpertDeclaration, sampler: Schedule,
+                             x_expert, expert_coeffs, guard: Safeguards):
+    """Prediction already computed at (x_expert, t_e) -> (velocity on sampler path, stats)."""
+    stats = SafeguardStats()
+    if declaration.prediction == "velocity" and same_schedule(sampler, get_schedule(declaration.schedule)):
+        return pred, stats  # native: no algebra and no damping for a velocity on the sampler's path
+    prediction: Prediction = get_prediction(declaration.prediction)
+    x0_hat, eps_hat = prediction.to_x0_eps(pred, x_expert, expert_coeffs, guard, stats)
+    cs = sampler.coefficients(torch.as_tensor(t, dtype=torch.float64, device="cpu"))
+    v = _bcast(cs.d_alpha, x) * x0_hat + _bcast(cs.d_sigma, x) * eps_hat
+    return damp_velocity(v, t, cs, guard, stats), stats
+
+
+def expert_velocity(network: Network, x: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
+                    declaration: ExpertDeclaration, sampler: Schedule | None = None,
+                    guard: Safeguards | None = None):
+    """Velocity of one expert at sampler state (x [B, ...], t [B]); returns (v, SafeguardStats)."""
+    sampler = sampler or LinearPath()
+    guard = guard or Safeguards()
+    t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x.shape[0]).cpu()
+    expert_schedule = get_schedule(declaration.schedule)
+    x_e, t_e, ce = map_to_expert_frame(x, t, sampler, expert_schedule)
+    net_t = network_time(t_e, declaration.time_input).to(device=x.device, dtype=x.dtype)
+    pred = network(x_e, net_t, cond)
+    return velocity_from_prediction(pred, x, t, declaration=declaration, sampler=sampler,
+                                    x_expert=x_e, expert_coeffs=ce, guard=guard)
+
+
+class VelocityExpert:
+    """An expert presented to samplers as a velocity field v(x, t, cond) on the sampler's path.
+
+    Samplers never branch on prediction type, schedule or time input: this wrapper owns them.
+    `last_stats` holds the safeguard activation counts of the latest call.
+    """
+
+    def __init__(self, network: Network, declaration: ExpertDeclaration, sampler: Schedule | None = None,
+                 guard: Safeguards | None = None):
+        self.network = network
+        self.declaration = declaration
+        self.sampler = sampler or LinearPath()
+        self.guard = guard or Safeguards()
+        self.last_stats = SafeguardStats()
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        v, self.last_stats = expert_velocity(self.network, x, t, cond, declaration=self.declaration,
+                                             sampler=self.sampler, guard=self.guard)
+        return v

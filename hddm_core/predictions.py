@@ -1,0 +1,118 @@
+"""Prediction types: each owns its training target and its inverse (prediction -> x0, eps).
+
+This is the one contract between objectives (which need `target`) and the conversion module
+(which needs `to_x0_eps`), in the spirit of k-diffusion's denoiser wrappers. All formulas use
+x_t = alpha x0 + sigma eps and the path velocity v = alpha' x0 + sigma' eps.
+"""
+from __future__ import annotations
+
+import torch
+
+from .safeguards import Safeguards, SafeguardStats
+from .schedules import PathCoefficients
+
+
+def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B] (or scalar) float64 coefficient -> broadcastable against like ([B, ...]) in its dtype."""
+    coef = torch.as_tensor(coef, device=like.device).to(like.dtype)
+    if coef.ndim == 0:
+        return coef
+    return coef.reshape(coef.shape + (1,) * (like.ndim - coef.ndim))
+
+
+def _clamp_x0(x0: torch.Tensor, guard: Safeguards, stats: SafeguardStats) -> torch.Tensor:
+    if not guard.enabled:
+        return x0
+    limit = guard.x0_clamp
+    stats.x0_clamped += int((x0.abs() > limit).sum().item()) + int(torch.isnan(x0).sum().item())
+    return torch.nan_to_num(x0, nan=0.0).clamp(-limit, limit)
+
+
+class Prediction:
+    name: str = "abstract"
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, c: PathCoefficients) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def to_x0_eps(self, pred, x_t, c: PathCoefficients, guard: Safeguards, stats: SafeguardStats):
+        raise NotImplementedError  # pragma: no cover
+
+    def x0_error_weight(self, c: PathCoefficients) -> torch.Tensor:
+        """w such that ||pred_hat - pred||^2 = w ||x0_hat - x0||^2 at fixed x_t."""
+        raise NotImplementedError  # pragma: no cover
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EpsPrediction(Prediction):
+    """DDPM epsilon-prediction (Ho et al. 2020)."""
+
+    name = "eps"
+
+    def target(self, x0, eps, c):
+        return eps
+
+    def to_x0_eps(self, pred, x_t, c, guard, stats):
+        alpha = c.alpha
+        if guard.enabled:
+            stats.alpha_floored += int((alpha < guard.alpha_min).sum().item())
+            alpha = alpha.clamp_min(guard.alpha_min)  # alpha_safe = max(alpha, 0.01)
+        # x0_hat = (x_t - sigma eps_hat) / alpha; on the linear path (x_t - t eps)/(1 - t) (paper).
+        x0 = (x_t - _bcast(c.sigma, x_t) * pred) / _bcast(alpha, x_t)
+        return _clamp_x0(x0, guard, stats), pred
+
+    def x0_error_weight(self, c):
+        return (c.alpha / c.sigma) ** 2  # eps error = -(alpha/sigma) x0 error
+
+
+class VelocityPrediction(Prediction):
+    """Flow-matching velocity v = alpha' x0 + sigma' eps on the expert's own path (eps - x0 on linear)."""
+
+    name = "velocity"
+
+    def target(self, x0, eps, c):
+        return _bcast(c.d_alpha, x0) * x0 + _bcast(c.d_sigma, x0) * eps
+
+    def to_x0_eps(self, pred, x_t, c, guard, stats):
+        # Solve [alpha sigma; alpha' sigma'] [x0; eps] = [x_t; v]; det = alpha sigma' - sigma alpha'
+        # is 1 on the linear path and positive on VP paths (SNR strictly decreasing).
+        det = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+        x0 = (_bcast(c.d_sigma, x_t) * x_t - _bcast(c.sigma, x_t) * pred) / _bcast(det, x_t)
+        eps = (_bcast(c.alpha, x_t) * pred - _bcast(c.d_alpha, x_t) * x_t) / _bcast(det, x_t)
+        return _clamp_x0(x0, guard, stats), eps
+
+    def x0_error_weight(self, c):
+        # v error = alpha' dx0 + sigma' deps with deps = -(alpha/sigma) dx0.
+        return (c.d_alpha - c.d_sigma * c.alpha / c.sigma) ** 2
+
+
+class X0Prediction(Prediction):
+    """Clean-sample prediction."""
+
+    name = "x0"
+
+    def target(self, x0, eps, c):
+        return x0
+
+    def to_x0_eps(self, pred, x_t, c, guard, stats):
+        x0 = _clamp_x0(pred, guard, stats)
+        sigma = c.sigma
+        if guard.enabled:
+            stats.sigma_floored += int((sigma < guard.sigma_min).sum().item())
+            sigma = sigma.clamp_min(guard.sigma_min)
+        eps = (x_t - _bcast(c.alpha, x_t) * x0) / _bcast(sigma, x_t)
+        return x0, eps
+
+    def x0_error_weight(self, c):
+        return torch.ones_like(c.alpha)
+
+
+PREDICTIONS = {"eps": EpsPrediction, "velocity": VelocityPrediction, "x0": X0Prediction}
+
+
+def get_prediction(name: str) -> Prediction:
+    try:
+        return PREDICTIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown prediction type {name!r}; valid: {sorted(PREDICTIONS)}") from None

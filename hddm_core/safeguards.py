@@ -1,0 +1,72 @@
+"""Numerical safeguards for converting predictions into velocities (paper defaults).
+
+- x0_hat is clamped to [-x0_clamp, x0_clamp] (paper: 20).
+- alpha_safe = max(alpha, alpha_min) (paper: 0.01) wherever we divide by alpha; sigma is floored
+  at sigma_min the same way (eps from an x0-predictor at t -> 0).
+- Adaptive damping (our formula; the paper names the mechanism but we choose its form): at high
+  noise an eps error delta becomes a velocity error delta / alpha, so converted velocities can
+  blow up as alpha -> 0. For t >= damping_t_min we compare each sample's RMS velocity with the
+  largest RMS the true velocity can plausibly have,
+      v_ref(t) = sqrt(alpha'(t)^2 data_rms^2 + sigma'(t)^2)      (velocity of unit-scale data),
+  and rescale v <- v * min(1, damping_ratio * v_ref / rms(v)). It never touches a velocity within
+  damping_ratio times its expected size (so the Gaussian closed forms pass through untouched), and
+  it is applied only to converted predictions, never to a native velocity on the sampler's path.
+  damping_t_min defaults to 0.5 because the paper finds DDPM->velocity stable only for t < 0.5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class Safeguards:
+    enabled: bool = True
+    x0_clamp: float = 20.0
+    alpha_min: float = 0.01
+    sigma_min: float = 1e-4
+    damping: bool = True
+    damping_t_min: float = 0.5
+    damping_ratio: float = 3.0
+    data_rms: float = 1.0
+
+    def __post_init__(self):
+        for name in ("x0_clamp", "alpha_min", "sigma_min", "damping_ratio", "data_rms"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"Safeguards.{name} must be a positive number, got {value!r}")
+        if not 0.0 <= self.damping_t_min <= 1.0:
+            raise ValueError(f"Safeguards.damping_t_min must be in [0, 1], got {self.damping_t_min!r}")
+
+    @classmethod
+    def off(cls) -> "Safeguards":
+        return cls(enabled=False, damping=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class SafeguardStats:
+    """Activation counts of one conversion call (elements or samples), for reports."""
+
+    x0_clamped: int = 0  # elements of x0_hat clamped
+    alpha_floored: int = 0  # samples where alpha < alpha_min
+    sigma_floored: int = 0  # samples where sigma < sigma_min
+    damped: int = 0  # samples whose velocity was rescaled
+    extra: dict = field(default_factory=dict)
+
+    def add(self, other: "SafeguardStats") -> "SafeguardStats":
+        return SafeguardStats(
+            self.x0_clamped + other.x0_clamped,
+            self.alpha_floored + other.alpha_floored,
+            self.sigma_floored + other.sigma_floored,
+            self.damped + other.damped,
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "x0_clamped": self.x0_clamped,
+            "alpha_floored": self.alpha_floored,
+            "sigma_floored": self.sigma_floored,
+            "damped": self.damped,
+        }
