@@ -49,14 +49,26 @@ def _s3_options_from_env() -> dict:
     return opts
 
 
+def redact_url(url: str) -> str:
+    """url without any user:password@ part (credentials never reach repr or logs)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 class ArtifactStore:
     def __init__(self, root: str, storage_options: dict | None = None):
-        if not root:
-            raise ValueError("artifact root must be a local path or a URL such as s3://bucket/prefix")
+        if not root or not isinstance(root, str):
+            raise ValueError(f"artifact root must be a local path or a URL such as s3://bucket/prefix, got {root!r}")
+        if "@" in root.partition("://")[2].split("/", 1)[0]:
+            raise ValueError(f"artifact root {redact_url(root)!r} embeds credentials: pass them through the "
+                             "environment (AWS_ACCESS_KEY_ID, ...) or storage_options instead")
         self.root = root.rstrip("/")
         options = dict(storage_options or {})
         if self.root.startswith("s3://"):
             options = {**_s3_options_from_env(), **options}
+        self.storage_options = options  # may hold credentials: never logged, never in repr
         self.fs, base = fsspec.core.url_to_fs(self.root, **options)
         self.base = base.rstrip("/")
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
@@ -77,6 +89,7 @@ class ArtifactStore:
         """A store rooted at root/prefix, sharing this one's filesystem."""
         sub = ArtifactStore.__new__(ArtifactStore)
         sub.root, sub.fs, sub.is_local = self.uri(prefix), self.fs, self.is_local
+        sub.storage_options = self.storage_options
         sub.base = self.path(prefix)
         if sub.is_local:
             os.makedirs(sub.base, exist_ok=True)
@@ -88,6 +101,7 @@ class ArtifactStore:
         return self.fs.exists(self.path(key))
 
     def read_bytes(self, key: str) -> bytes:
+        self._refresh(self.path(key))  # a cached size from before another writer would truncate the read
         with self.fs.open(self.path(key), "rb") as f:
             return f.read()
 
@@ -105,6 +119,7 @@ class ArtifactStore:
         return sorted(k for k in keys if TMP_MARK not in k)
 
     def size(self, key: str) -> int:
+        self._refresh(self.path(key))
         return int(self.fs.size(self.path(key)))
 
     @contextlib.contextmanager
@@ -115,6 +130,7 @@ class ArtifactStore:
             return
         with tempfile.TemporaryDirectory(prefix="hddm-dl-") as tmp:
             dest = os.path.join(tmp, posixpath.basename(key))
+            self._refresh(self.path(key))
             self.fs.get(self.path(key), dest)
             yield dest
 
@@ -131,10 +147,13 @@ class ArtifactStore:
             self.fs.rm(tmp_path)
         self._refresh()
 
-    def _refresh(self) -> None:
+    def _refresh(self, path: str | None = None) -> None:
         invalidate = getattr(self.fs, "invalidate_cache", None)
         if invalidate is not None and not self.is_local:
-            invalidate()  # s3fs listing caches go stale across writers
+            # s3fs caches listings per filesystem instance, and fsspec shares one instance between
+            # stores with the same options: another writer's objects would stay invisible (or a
+            # deleted one visible) without this.
+            invalidate(path) if path else invalidate()
 
     @contextlib.contextmanager
     def open_write(self, key: str) -> Iterator[io.BufferedWriter]:
@@ -142,15 +161,25 @@ class ArtifactStore:
         tmp = posixpath.join(posixpath.dirname(final), posixpath.basename(self._tmp_key(key)))
         if self.is_local:
             os.makedirs(posixpath.dirname(final), exist_ok=True)
+        f = None
         try:
-            with self.fs.open(tmp, "wb") as f:
-                yield f
-                if self.is_local:
-                    f.flush()
-                    os.fsync(f.fileno())
+            f = self.fs.open(tmp, "wb")
+            yield f
+            if self.is_local:
+                f.flush()
+                os.fsync(f.fileno())
+            f.close()  # on S3: the last part and CompleteMultipartUpload (or one PUT) of the temp key
             self._commit(tmp, final)
         except BaseException:
+            if f is not None and not f.closed:
+                # s3fs: abort the multipart upload instead of closing (closing would commit the
+                # partial temp object); local: just close the handle.
+                discard = getattr(f, "discard", None)
+                with contextlib.suppress(Exception):
+                    discard() if discard is not None and not self.is_local else f.close()
+                f.closed = True  # a discarded s3fs file must not try to flush again when collected
             with contextlib.suppress(Exception):
+                self._refresh(tmp)
                 if self.fs.exists(tmp):
                     self.fs.rm(tmp)
             raise
