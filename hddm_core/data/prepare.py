@@ -1,0 +1,157 @@
+"""Per-cluster training inputs: latents and token-level text embeddings, computed once, sharded.
+
+Input: samples (a download stage prefix or an iterable of Sample), a finished cluster stage
+(key -> cluster), optionally a recaption stage (new captions; otherwise the original ones).
+Each sample is encoded once and routed to its cluster's stream and to the router stream:
+
+    cluster_<c>/<index>.safetensors  latents [N,C,H,W] f16, latent_std (VAE only), text_tokens
+                                     [N,L,D] f16 (L = longest caption of the shard), text_mask [N,L]
+                                     u8; metadata: keys, captions (JSON lists)
+    router/<index>.safetensors       latents, latent_std (VAE only), labels [N] i64; metadata: keys
+    null_text.safetensors            the null caption's tokens [L,D] and mask (classifier-free guidance)
+    _manifest.json                   config names latent space, scale, resolution, latent shape, text
+                                     encoder, width and max_length: experts and contributors must match them
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from ..storage import ArtifactStore
+from .sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
+from .text_encoders import NULL_CAPTION
+
+log = logging.getLogger(__name__)
+
+STAGE = "prepare"
+ROUTER_STREAM = "router"
+NULL_TEXT = "null_text.safetensors"
+
+
+def cluster_stream(cluster: int) -> str:
+    return f"cluster_{int(cluster):03d}"
+
+
+@dataclass
+class PrepareConfig:
+    batch_size: int = 32
+    shard_size: int = 1024
+
+    def validate(self) -> "PrepareConfig":
+        for name in ("batch_size", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        return self
+
+
+def _trim(tokens, mask):
+    """Per-sample tokens cut to their real length (right padding: the mask is a prefix of ones)."""
+    out = []
+    for t, m in zip(tokens, mask):
+        n = int(m.sum())
+        if not bool(m[:n].all()):
+            raise ValueError("text encoder mask is not right-padded; cannot trim tokens")
+        out.append(t[:n].numpy().astype(np.float16))
+    return out
+
+
+def _pad_tokens(token_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    length, width = max(len(t) for t in token_list), token_list[0].shape[1]
+    tokens = np.zeros((len(token_list), length, width), np.float16)
+    mask = np.zeros((len(token_list), length), np.uint8)
+    for i, t in enumerate(token_list):
+        tokens[i, :len(t)], mask[i, :len(t)] = t, 1
+    return tokens, mask
+
+
+def _check_f16(name: str, array: np.ndarray) -> np.ndarray:
+    out = array.astype(np.float16)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} overflow float16; check the latent scale")
+    return out
+
+
+def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefix: str, latent_space, text_encoder,
+                            *, source_prefix: str | None = None, samples: Iterable | None = None,
+                            input_hash: str | None = None, captions_prefix: str | None = None,
+                            config: PrepareConfig | None = None, force: bool = False, total: int | None = None):
+    """Encode every clustered sample once into its cluster's shards and the router shards."""
+    from safetensors.numpy import save
+
+    from .cluster import read_assignments
+    from .recaption import read_captions
+
+    config = (config or PrepareConfig()).validate()
+    items, inputs = sample_source(store, source_prefix, samples, input_hash)
+    inputs = {**inputs, "clusters": require_manifest(store, cluster_prefix, "cluster").content_hash}
+    captions = {}
+    if captions_prefix is not None:
+        inputs["captions"] = require_manifest(store, captions_prefix, "recaption").content_hash
+        captions = read_captions(store, captions_prefix)  # refuses captions of a random-init model
+    cluster_manifest = require_manifest(store, cluster_prefix, "cluster")
+    full_config = {"latent": latent_space.describe(), "text": text_encoder.describe(),
+                   "n_clusters": int(cluster_manifest.config["n_clusters"]),
+                   "caption_source": "recaption" if captions_prefix else "original",
+                   "batch_size": config.batch_size, "shard_size": config.shard_size}
+    stage = ShardedStage(store, out_prefix, STAGE, full_config, inputs, config.shard_size, force)
+    if (done := stage.already_completed()) is not None:
+        log.info("prepare: %s already complete, skipped", store.uri(out_prefix))
+        return done
+    stage.begin()
+    assignments = read_assignments(store, cluster_prefix)
+    stats = {"unclustered": 0, "caption_fallback": 0}
+
+    def caption_of(sample) -> str:
+        if not captions:
+            return sample.caption
+        if sample.key not in captions:
+            stats["caption_fallback"] += 1
+            return sample.caption
+        return captions[sample.key]
+
+    def route(sample) -> list[str]:
+        if sample.key not in assignments:
+            stats["unclustered"] += 1
+            return []
+        return [cluster_stream(assignments[sample.key]), ROUTER_STREAM]
+
+    def compute(batch):
+        texts = [caption_of(s) for s in batch]
+        latents = latent_space.encode([s.image for s in batch])
+        tokens, mask = text_encoder.encode(texts)
+        mean = latents["mean"].numpy()
+        std = latents["std"].numpy() if "std" in latents else [None] * len(batch)
+        return list(zip(mean, std, _trim(tokens, mask), texts))
+
+    def record(stream, sample, result):
+        mean, std, tokens, text = result
+        if stream == ROUTER_STREAM:
+            return mean, std, assignments[sample.key]
+        return mean, std, tokens, text
+
+    def flush(stream, _index, rows):
+        keys = [k for k, _ in rows]
+        tensors = {"latents": _check_f16("latents", np.stack([r[0] for _, r in rows]))}
+        if rows[0][1][1] is not None:
+            tensors["latent_std"] = _check_f16("latent_std", np.stack([r[1] for _, r in rows]))
+        meta = {"keys": json.dumps(keys)}
+        if stream == ROUTER_STREAM:
+            tensors["labels"] = np.asarray([r[2] for _, r in rows], np.int64)
+        else:
+            tensors["text_tokens"], tensors["text_mask"] = _pad_tokens([r[2] for _, r in rows])
+            meta["captions"] = json.dumps([r[3] for _, r in rows])
+        return {".safetensors": save(tensors, metadata=meta)}
+
+    seen = run_batched(stage, items, route, compute, record, flush, config.batch_size, "prepare", total)
+    null_tokens, null_mask = text_encoder.encode([NULL_CAPTION])
+    store.write_bytes(f"{out_prefix}/{NULL_TEXT}", save(
+        {"text_tokens": null_tokens[0].numpy().astype(np.float16), "text_mask": null_mask[0].numpy().astype(np.uint8)},
+        metadata={"caption": NULL_CAPTION}))
+    streams = stage.stream_counts()
+    counts = {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
+              "clusters": {str(c): streams.get(cluster_stream(c), 0) for c in range(full_config["n_clusters"])}}
+    return stage.finish(counts, extra_outputs=[NULL_TEXT])
