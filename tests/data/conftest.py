@@ -162,3 +162,152 @@ def reset_proxy(moto_endpoint):
     proxy = ResetProxy(int(moto_endpoint.rsplit(":", 1)[1]))
     yield proxy
     proxy.close()
+
+
+# -- hostile loopback server ------------------------------------------------------------------------
+def _png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A PNG whose header claims width x height RGB pixels (400 MP) but whose body is a few bytes:
+    built cheaply; a decoder that trusts the header would allocate ~1.2 GB."""
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width * 3 + 1) * 4, 9)  # four rows of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def hostile_images() -> dict[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    def enc(im, fmt, **kw):
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    rgb = Image.new("RGB", (40, 20), (200, 30, 30))
+    rgb.paste((30, 30, 200), (0, 0, 10, 20))  # a blue stripe on the left edge: shows orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    full_jpeg = enc(rgb, "JPEG", quality=90)
+    big_jpeg = enc(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG", quality=90)
+    return {
+        "good.png": enc(rgb, "PNG"),
+        "good.jpg": full_jpeg,
+        "exif.jpg": enc(rgb, "JPEG", quality=90, exif=exif.tobytes()),
+        "truncated.jpg": big_jpeg[: len(big_jpeg) * 2 // 3],  # header intact, scan data cut
+        "cmyk.jpg": enc(rgb.convert("CMYK"), "JPEG", quality=90),
+        "palette.png": enc(rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=8), "PNG"),
+        "alpha.png": enc(Image.new("RGBA", (30, 30), (0, 200, 0, 128)), "PNG"),
+        "la.png": enc(Image.new("LA", (30, 30), (100, 50)), "PNG"),
+        "tall.png": enc(Image.new("RGB", (1, 50), (10, 200, 10)), "PNG"),
+        "wide.png": enc(Image.new("RGB", (50, 1), (10, 200, 10)), "PNG"),
+        "bomb.png": _png_bomb(),
+        "notimage.png": b"<html>not an image</html>",
+    }
+
+
+class HostileServer:
+    """Loopback HTTP server with one route per hostile case; `secret_port` is a second, internal
+    server that must never be reached through a redirect."""
+
+    def __init__(self, secret_port: int):
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        images = hostile_images()
+        hits = self.secret_hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, body=b"", headers=()):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                if not any(k == "Content-Length" for k, _ in headers):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                name = self.path.lstrip("/")
+                try:
+                    if name in images:
+                        self._send(200, images[name], [("Content-Type", "image/png")])
+                    elif name == "redirect-internal":
+                        self._send(302, headers=[("Location", f"http://127.0.0.1:{secret_port}/secret.png")])
+                    elif name == "redirect-good":
+                        self._send(302, headers=[("Location", "/good.png")])
+                    elif name == "redirect-loop":
+                        self._send(302, headers=[("Location", "/redirect-loop")])
+                    elif name == "redirect-file":
+                        self._send(302, headers=[("Location", "file:///etc/passwd")])
+                    elif name == "drip":  # every read returns fast, the whole body takes ~25 s
+                        self.send_response(200)
+                        self.send_header("Content-Length", "500")
+                        self.end_headers()
+                        for _ in range(500):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                    elif name == "endless":  # no length, never ends
+                        self.send_response(200)
+                        self.send_header("Content-Type", "image/png")
+                        self.end_headers()
+                        block = b"\0" * 65536
+                        while True:
+                            self.wfile.write(block)
+                    elif name == "huge-declared":
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(10 << 30))
+                        self.end_headers()
+                    else:
+                        self._send(404, b"nope")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        class Secret(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                hits.append(self.path)
+                body = images["good.png"]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.secret = ThreadingHTTPServer(("127.0.0.1", secret_port), Secret)
+        self.secret.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        for srv in (self.httpd, self.secret):
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host_port}/{name}"
+
+    def close(self):
+        for srv in (self.httpd, self.secret):
+            srv.shutdown()
+            srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    server = HostileServer(free_port())
+    yield server
+    server.close()
