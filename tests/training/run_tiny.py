@@ -1,0 +1,39 @@
+"""Subprocess body for the kill / SIGTERM tests: train the tiny run in RUN_DIR (resuming if possible).
+
+    python -m tests.training.run_tiny RUN_DIR STEPS [--crash STAGE:N]
+
+--crash STAGE:N kills this process (os._exit, no cleanup, like SIGKILL) the N-th time the
+checkpoint writer reaches STAGE (e.g. "partial:model.safetensors", "before-pointer").
+Prints "RESULT <status> <step> <loop hash>" on a clean exit.
+"""
+import os
+import sys
+
+import torch
+
+torch.set_num_threads(1)  # bit-identity across processes needs the same reduction order
+
+from hddm_core.training.expert_trainer import train_expert  # noqa: E402
+from tests.training.tiny import SeededDataset, factory, loop_hash, tiny_config  # noqa: E402
+
+
+def main(argv):
+    run_dir, steps = argv[0], int(argv[1])
+    hook = None
+    if len(argv) > 2 and argv[2] == "--crash":
+        stage, count = argv[3].rsplit(":", 1)
+        seen = {"n": 0}
+
+        def hook(name):
+            if name == stage:
+                seen["n"] += 1
+                if seen["n"] == int(count):
+                    os._exit(137)
+
+    result = train_expert(tiny_config(steps=steps), SeededDataset(), run_dir, model_factory=factory,
+                          export=False, fault_hook=hook)
+    print("RESULT", result.train.status, result.train.step, loop_hash(result.loop), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
