@@ -177,7 +177,8 @@ class ArtifactStore:
                 discard = getattr(f, "discard", None)
                 with contextlib.suppress(Exception):
                     discard() if discard is not None and not self.is_local else f.close()
-                f.closed = True  # a discarded s3fs file must not try to flush again when collected
+                with contextlib.suppress(AttributeError):  # local file objects: closed is read-only (and True)
+                    f.closed = True  # a discarded s3fs file must not try to flush again when collected
             with contextlib.suppress(Exception):
                 self._refresh(tmp)
                 if self.fs.exists(tmp):
