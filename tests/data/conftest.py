@@ -241,6 +241,9 @@ class HostileServer:
                 try:
                     if name in images:
                         self._send(200, images[name], [("Content-Type", "image/png")])
+                    elif name.startswith("slow/"):  # a good image after 50 ms (resume tests)
+                        time.sleep(0.05)
+                        self._send(200, images["good.png"], [("Content-Type", "image/png")])
                     elif name == "redirect-internal":
                         self._send(302, headers=[("Location", f"http://127.0.0.1:{secret_port}/secret.png")])
                     elif name == "redirect-good":
