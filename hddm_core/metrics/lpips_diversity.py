@@ -1,0 +1,129 @@
+"""Intra-prompt diversity (HDDM paper's LPIPS diversity): for each prompt, N images from N seeds,
+mean pairwise distance over the N(N-1)/2 pairs, then the mean over prompts.
+
+"LPIPS-alex" uses the lpips package (Zhang et al. 2018) with the AlexNet backbone. The package
+ships its learned linear layers (weights/v0.1/alex.pth); the ImageNet AlexNet backbone comes from
+torchvision's weights file (alexnet-owt-7be5be79.pth), which is not on an offline machine unless
+someone put it there. Without it the metric is reported unavailable with that reason; it is never
+computed with a randomly initialised backbone. Substitute distances have their own names:
+"pixel-RMS diversity" (RMS difference of images in [-1, 1]) and "inception-cosine diversity"
+(1 - cosine similarity of the FID Inception-v3 pool features).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .result import MetricResult
+
+log = logging.getLogger(__name__)
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1
+LPIPS_NAME = "LPIPS-alex diversity"
+PairDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # ([P, 3, H, W], [P, 3, H, W]) -> [P]
+
+
+def default_alexnet_path() -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_FILE)
+
+
+def load_lpips(backbone_path: str | None = None, device: str = "cpu"):
+    """lpips.LPIPS(net='alex') with real weights, or (None, reason) when the backbone file is missing."""
+    path = backbone_path or default_alexnet_path()
+    if not os.path.isfile(path):
+        return None, (f"AlexNet ImageNet backbone weights not found at {path!r} (torchvision's {ALEXNET_FILE} "
+                      "is not on this machine and is not fetched offline); LPIPS not computed")
+    import lpips  # local import: heavy, and only needed here
+
+    model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)  # linear layers: package file
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never unpickled objects
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    backbone = torch.nn.Sequential(*[m for s in (model.net.slice1, model.net.slice2, model.net.slice3,
+                                                 model.net.slice4, model.net.slice5) for m in s])
+    missing, unexpected = backbone.load_state_dict(features, strict=False)
+    if missing:
+        raise ValueError(f"AlexNet weights at {path!r} lack {missing}")
+    return model.to(device).eval(), ""
+
+
+def _as_images(images) -> torch.Tensor:
+    x = torch.as_tensor(images)
+    if x.dtype == torch.uint8:
+        x = x.float() / 127.5 - 1.0
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be [N, 1|3, H, W] in [-1, 1] or uint8, got shape {tuple(x.shape)}")
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def pairwise_diversity(images_by_prompt: Mapping[str, object], distance: PairDistance, name: str) -> MetricResult:
+    """Mean over prompts of the mean pairwise distance among that prompt's images."""
+    per_prompt = {}
+    for prompt, images in images_by_prompt.items():
+        x = _as_images(images)
+        if x.shape[0] < 2:
+            raise ValueError(f"prompt {prompt!r} has {x.shape[0]} image(s); diversity needs at least 2 per prompt")
+        pairs = list(itertools.combinations(range(x.shape[0]), 2))
+        a = x[[i for i, _ in pairs]]
+        b = x[[j for _, j in pairs]]
+        with torch.no_grad():
+            d = distance(a, b).double().reshape(-1)
+        per_prompt[prompt] = float(d.mean())
+    if not per_prompt:
+        raise ValueError("no prompts given")
+    return MetricResult(name, float(np.mean(list(per_prompt.values()))),
+                        details={"per_prompt": per_prompt, "prompts": len(per_prompt)})
+
+
+def lpips_diversity(images_by_prompt: Mapping[str, object], model=None, backbone_path: str | None = None) -> MetricResult:
+    """The paper's LPIPS intra-prompt diversity (AlexNet LPIPS v0.1), or unavailable with the reason."""
+    if model is None:
+        model, reason = load_lpips(backbone_path)
+        if model is None:
+            return MetricResult.unavailable(LPIPS_NAME, reason)
+    return pairwise_diversity(images_by_prompt, lambda a, b: model(a, b, normalize=False).flatten(), LPIPS_NAME)
+
+
+def pixel_diversity(images_by_prompt: Mapping[str, object]) -> MetricResult:
+    """Substitute: RMS pixel difference in [-1, 1] (named as such, not LPIPS)."""
+    return pairwise_diversity(images_by_prompt, lambda a, b: (a - b).pow(2).flatten(1).mean(1).sqrt(),
+                              "pixel-RMS diversity")
+
+
+def feature_diversity(features_by_prompt: Mapping[str, np.ndarray], name: str = "inception-cosine diversity") -> MetricResult:
+    """Substitute: mean pairwise 1 - cosine similarity of feature vectors [N, d] per prompt."""
+    per_prompt = {}
+    for prompt, f in features_by_prompt.items():
+        f = np.asarray(f, np.float64)
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"prompt {prompt!r}: need features [N >= 2, d], got shape {f.shape}")
+        u = f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
+        cos = u @ u.T
+        iu = np.triu_indices(f.shape[0], 1)
+        per_prompt[prompt] = float((1 - cos[iu]).mean())
+    return MetricResult(name, float(np.mean(list(per_prompt.values()))), details={"per_prompt": per_prompt})
+
+
+def vector_diversity(vectors_by_group: Mapping[str, np.ndarray], name: str = "L2 diversity") -> MetricResult:
+    """Mean pairwise Euclidean distance of raw vectors [N, d] per group (e.g. Gaussian-mixture samples)."""
+    per = {}
+    for g, v in vectors_by_group.items():
+        v = torch.as_tensor(np.asarray(v), dtype=torch.float64)
+        if v.ndim != 2 or v.shape[0] < 2:
+            raise ValueError(f"group {g!r}: need vectors [N >= 2, d], got shape {tuple(v.shape)}")
+        d = torch.cdist(v, v)
+        iu = torch.triu_indices(v.shape[0], v.shape[0], 1)
+        per[g] = float(d[iu[0], iu[1]].mean())
+    return MetricResult(name, float(np.mean(list(per.values()))), details={"per_group": per})
+
+
+def lpips_or_substitute(images_by_prompt: Mapping[str, object], backbone_path: str | None = None) -> list[MetricResult]:
+    """LPIPS (or its unavailability) plus the named pixel substitute, for reports."""
+    return [lpips_diversity(images_by_prompt, backbone_path=backbone_path), pixel_diversity(images_by_prompt)]
+
+
+__all__ = ["lpips_diversity", "pixel_diversity", "feature_diversity", "vector_diversity", "pairwise_diversity",
+           "load_lpips", "LPIPS_NAME", "lpips_or_substitute"]
