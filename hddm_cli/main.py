@@ -20,12 +20,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expert_inspect(args: argparse.Namespace) -> int:
+    from hddm_core.experts import inspect_checkpoint
+
+    report = inspect_checkpoint(args.path)
+    print(report)
+    return 0 if report.endswith("verdict: OK") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hddmp", description="Heterogeneous Decentralized Diffusion Models pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job on the embedded default (CPU)")
     demo.add_argument("--out", default="artifacts/demo", help="output folder (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    expert = sub.add_parser("expert", help="expert and router checkpoints")
+    expert_sub = expert.add_subparsers(dest="expert_command", required=True)
+    inspect = expert_sub.add_parser("inspect", help="print a checkpoint's manifest and validation checks "
+                                                    "(exit 1 when a check fails); never unpickles")
+    inspect.add_argument("path", help="checkpoint folder, its expert.json/router.json, or a URL (s3://...)")
+    inspect.set_defaults(func=_expert_inspect)
     return parser
 
 
