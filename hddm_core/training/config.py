@@ -132,10 +132,11 @@ class ExpertTrainConfig(LoopConfig):
     schedule: str | None = None  # None = the objective's own; else a schedules.SCHEDULES name
     time_input: str | None = None  # None = the objective's own
     architecture: str = "tiny"  # preset name in hddm_core.models
-    latent_space: str = "pixel"  # e.g. "sd-vae-ft-ema" (4 x H/8) or "pixel" (3 x H); declared in the manifest
-    latent_channels: int = 4
+    latent_space: str = "pixel"  # "pixel" (3 x H) or "sd-vae" (4 x H/8): declared in the manifest
+    latent_channels: int = 3
     latent_size: int = 32
     latent_scale: float = 1.0  # the factor the latents were multiplied by (SD-VAE: 0.18215)
+    image_resolution: int | None = None  # pixels of the decoded image; None = latent_size (pixel space only)
     text_encoder: str = "all-MiniLM-L6-v2"
     text_dim: int = 384
     caption_dropout: float = 0.1  # probability of the model's learned null caption (CFG training)
@@ -155,6 +156,11 @@ class ExpertTrainConfig(LoopConfig):
         _need(isinstance(self.latent_scale, (int, float)) and math.isfinite(self.latent_scale) and self.latent_scale > 0,
               f"latent_scale must be a finite number > 0, got {self.latent_scale!r}")
         _fraction("caption_dropout", self.caption_dropout, closed_right=False)
+        if self.image_resolution is None:
+            _need(self.latent_space == "pixel", f"image_resolution is required for latent_space {self.latent_space!r} "
+                  "(only 'pixel' latents default to latent_size)")
+        else:
+            _positive_int("image_resolution", self.image_resolution)
         for name in ("architecture", "latent_space", "text_encoder"):
             _need(isinstance(getattr(self, name), str) and getattr(self, name),
                   f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -175,11 +181,13 @@ class RouterTrainConfig(LoopConfig):
     num_clusters: int = 8
     architecture: str = "tiny"  # router preset in hddm_core.models
     latent_space: str = "pixel"
-    latent_channels: int = 4
+    latent_channels: int = 3
     latent_size: int = 32
     latent_scale: float = 1.0
+    image_resolution: int | None = None  # None = latent_size (pixel space only)
     path: str = "linear"  # the sampler's path: x_t = alpha x0 + sigma eps (schedules.SCHEDULES)
     time_sampling: str = "uniform"
+    time_input: str = "scaled-1000"  # how the router's network reads t (declared in its manifest)
     eval_buckets: int = 10  # t buckets for accuracy / calibration reports
     eval_samples_per_bucket: int = 256
     ema_decay: float = 0.999
@@ -192,3 +200,8 @@ class RouterTrainConfig(LoopConfig):
             _positive_int(name, getattr(self, name))
         _choice("path", self.path, SCHEDULES)
         _choice("time_sampling", self.time_sampling, ROUTER_TIME_SAMPLINGS)
+        _choice("time_input", self.time_input, TIME_INPUTS)
+        if self.image_resolution is None:
+            _need(self.latent_space == "pixel", f"image_resolution is required for latent_space {self.latent_space!r}")
+        else:
+            _positive_int("image_resolution", self.image_resolution)

@@ -10,6 +10,7 @@ the same folder resumes from the latest complete checkpoint; a finished run retu
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -103,8 +104,12 @@ def load_init(model: nn.Module, init: str) -> None:
     """Initialise from a converted ImageNet DiT expert (safetensors + manifest, hddm_core.experts)."""
     from ..experts import load_expert
 
-    loaded = load_expert(init)
-    state = loaded.model.state_dict() if hasattr(loaded, "model") else loaded[0].state_dict()
+    loaded = load_expert(init)  # validated: schema, shapes, hash, finiteness; never unpickled
+    state = loaded.model.state_dict()
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"init {init!r} does not fit the configured architecture: shapes differ for {wrong[:5]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"init {init!r} has tensors the model does not: {unexpected[:5]}")
@@ -154,15 +159,27 @@ def train_expert(config: ExpertTrainConfig, dataset, store: ArtifactStore | str,
     return ExpertTrainResult(train=result, expert_uri=uri, loop=loop)
 
 
+def ema_model(loop: TrainingLoop) -> nn.Module:
+    """A copy of the trained model carrying the EMA weights (what an expert ships for inference)."""
+    model = copy.deepcopy(loop.model).cpu()
+    model.load_state_dict(loop.ema.averaged_state_dict(loop.model))
+    return model.eval()
+
+
 def export_expert(loop: TrainingLoop, config: ExpertTrainConfig, store: ArtifactStore, *, data_hash: str = "") -> str:
     """EMA weights as a self-describing expert under <run>/expert (hddm_core.experts.save_expert)."""
     from ..experts import save_expert
 
-    model = loop.model
-    ema_state = loop.ema.averaged_state_dict(model)
-    objective = get_objective(config.objective, **config.objective_overrides())
-    uri = save_expert(store.child(EXPERT_PREFIX), model, state_dict=ema_state, objective=objective,
-                      config=config, data_hash=data_hash)
+    fields = {
+        "objective": config.objective, **config.objective_overrides(),
+        "latent_space": config.latent_space, "latent_scale": float(config.latent_scale),
+        "image_resolution": int(config.image_resolution or config.latent_size),
+        "text_encoder": config.text_encoder, "data_hash": data_hash, "cluster_id": config.cluster_id,
+        "extra": {"training": {"steps": loop.step, "seed": config.seed, "final_loss": loop.losses[-1] if loop.losses else None,
+                               "rollbacks": len(loop.rollbacks), "skipped_batches": sorted(loop.skipped),
+                               "weights": "ema", "ema_decay": config.ema_decay, "config": config.to_dict()}},
+    }
+    uri = save_expert(store, EXPERT_PREFIX, ema_model(loop), fields)
     store.write_json(f"{EXPERT_PREFIX}/train_config.json", config.to_dict())
     store.write_bytes(f"{EXPERT_PREFIX}/loss_curve.png",
                       loss_curve_png(loop.losses, loop.title, [r["step"] for r in loop.rollbacks]))

@@ -6,7 +6,8 @@ linear warm-up, gradient clipping, EMA, bf16 autocast, torch.compile, the sample
 guards (non-finite / spike -> roll back to the last checkpoint and skip the batch), atomic
 checkpoints of the full state, SIGTERM handling and the progress bar.
 
-Determinism contract (CPU): the sample order of epoch e is a pure function of (seed, e); every
+Determinism contract (CPU): the sample order of epoch e is a pure function of (seed, e) (the
+dataset's own `order(seed, epoch)` when it has one, e.g. ClusterDataset's); every
 random draw of a step comes from the loop's own generator or torch's global one, and both are
 checkpointed, as are NumPy's and Python's. A batch is identified by its global position
 p = e * batches_per_epoch + k; skipped positions are part of the state. Hence a run resumed from
@@ -109,9 +110,11 @@ class TrainingLoop:
     # -- data ------------------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            custom = getattr(self.dataset, "epoch_order", None)
-            order = list(custom(self.config.seed, epoch)) if callable(custom) else \
+            custom = getattr(self.dataset, "order", None)  # e.g. ClusterDataset's shard-blocked shuffle
+            order = [int(i) for i in custom(self.config.seed, epoch)] if callable(custom) else \
                 epoch_order(len(self.dataset), self.config.seed, epoch)
+            if len(order) != len(self.dataset):
+                raise ValueError(f"dataset.order(seed, {epoch}) gave {len(order)} indices for {len(self.dataset)} samples")
             self._orders = {epoch: order}  # keep one epoch in memory
         return self._orders[epoch]
 
