@@ -48,7 +48,7 @@ class DownloadConfig:
     image_size: int = 64
     resize_mode: str = "border"  # img2dataset: no, border, keep_ratio, keep_ratio_largest, center_crop
     encode_format: str = "jpg"
-    encode_quality: int = 95
+    encode_quality: int | None = None  # None: 95 for jpg/webp, compression level 3 for png
     number_sample_per_shard: int = 1000
     processes_count: int = 1
     thread_count: int = 16
@@ -70,6 +70,11 @@ class DownloadConfig:
         for name in ("image_size", "number_sample_per_shard", "processes_count", "thread_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encode_quality is None:
+            self.encode_quality = 3 if self.encode_format == "png" else 95
+        limit = 9 if self.encode_format == "png" else 100
+        if not 0 <= self.encode_quality <= limit:
+            raise ValueError(f"encode_quality {self.encode_quality} invalid for {self.encode_format}: 0..{limit}")
         self.fetch_guard().validate()
         return self
 
