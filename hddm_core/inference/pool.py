@@ -66,6 +66,7 @@ class ExpertPool:
         self.device = torch.device(device)
         self.offload = offload
         self.events: list[tuple[str, str]] = []  # (expert, "load" | "to-device" | "offload")
+        self._on_device: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.members)
@@ -76,29 +77,24 @@ class ExpertPool:
             m.network = m.loader()
             self.events.append((m.name, "load"))
         net = m.network
-        if isinstance(net, torch.nn.Module):
+        if isinstance(net, torch.nn.Module) and k not in self._on_device:
             p = next(iter(net.parameters()), None)
             if p is not None and p.device != self.device:
                 net.to(self.device)
                 self.events.append((m.name, "to-device"))
+            self._on_device.add(k)
         return net
 
     def release(self, k: int) -> None:
         net = self.members[k].network
         if self.offload and isinstance(net, torch.nn.Module) and self.device.type != "cpu":
             net.to("cpu")
+            self._on_device.discard(k)
             self.events.append((self.members[k].name, "offload"))
 
     def resident(self) -> list[str]:
-        """Names of experts whose weights currently sit on the sampling device."""
-        out = []
-        for m in self.members:
-            net = m.network
-            if isinstance(net, torch.nn.Module):
-                p = next(iter(net.parameters()), None)
-                if p is not None and p.device == self.device:
-                    out.append(m.name)
-        return out
+        """Names of experts the pool has placed on the sampling device (and not offloaded since)."""
+        return [self.members[k].name for k in sorted(self._on_device)]
 
 
 def index_condition(cond: Any, idx: torch.Tensor) -> Any:

@@ -108,6 +108,8 @@ class Routing:
 
 
 def _top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
+    if k >= probs.shape[-1]:
+        return probs  # every expert kept: the full ensemble, bit for bit
     values, index = probs.topk(k, dim=-1)
     weights = torch.zeros_like(probs).scatter(-1, index, values)
     return weights / weights.sum(-1, keepdim=True).clamp_min(1e-300)
