@@ -185,7 +185,8 @@ def _finish(store: ArtifactStore, prefix: str, config: DownloadConfig, cfg: dict
     for k in stats_keys:
         stats = store.read_json(f"{prefix}/{k}")
         sid = posixpath.basename(k)[: -len("_stats.json")]
-        per_shard[sid] = {n: stats.get(n, 0) for n in ("count", "successes", "failed_to_download", "failed_to_resize")}
+        per_shard[sid] = {n: stats.get(n, 0) for n in ("count", "successes", "failed_to_download", "failed_to_resize",
+                                                       "duration")}
         for n in ("count", "successes", "failed_to_download", "failed_to_resize"):
             totals[n] += int(stats.get(n, 0))
         for reason, n in (stats.get("status_dict") or {}).items():
