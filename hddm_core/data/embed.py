@@ -152,7 +152,7 @@ class EmbedConfig:
 def _embedding_shard(rows: list) -> bytes:
     from safetensors.numpy import save
 
-    matrix = np.stack([r for _, r in rows]).astype(np.float16)
+    matrix = np.ascontiguousarray(np.stack([r for _, r in rows]), dtype=np.float16)  # raw C-order bytes
     if not np.isfinite(matrix).all():
         raise ValueError("embeddings overflow float16 (non-finite values); use a normalised feature")
     return save({"embeddings": matrix}, metadata={"keys": json.dumps([k for k, _ in rows])})

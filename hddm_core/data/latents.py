@@ -26,7 +26,7 @@ def images_to_tensor(images: list, resolution: int):
         left, top = (im.width - side) // 2, (im.height - side) // 2
         im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
         arrays.append(np.asarray(im, dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().contiguous()
     return x / 127.5 - 1.0
 
 

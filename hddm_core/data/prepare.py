@@ -69,7 +69,7 @@ def _pad_tokens(token_list: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_f16(name: str, array: np.ndarray) -> np.ndarray:
-    out = array.astype(np.float16)
+    out = np.ascontiguousarray(array, dtype=np.float16)  # safetensors writes raw C-order bytes
     if not np.isfinite(out).all():
         raise ValueError(f"{name} overflow float16; check the latent scale")
     return out
@@ -149,7 +149,8 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
     seen = run_batched(stage, items, route, compute, record, flush, config.batch_size, "prepare", total)
     null_tokens, null_mask = text_encoder.encode([NULL_CAPTION])
     store.write_bytes(f"{out_prefix}/{NULL_TEXT}", save(
-        {"text_tokens": null_tokens[0].numpy().astype(np.float16), "text_mask": null_mask[0].numpy().astype(np.uint8)},
+        {"text_tokens": np.ascontiguousarray(null_tokens[0].numpy(), dtype=np.float16),
+         "text_mask": np.ascontiguousarray(null_mask[0].numpy(), dtype=np.uint8)},
         metadata={"caption": NULL_CAPTION}))
     streams = stage.stream_counts()
     counts = {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
