@@ -83,6 +83,7 @@ def test_manifest_names_shards_and_reruns_are_noops(hostile_download):
     assert forced.created_at != manifest.created_at and forced.counts["success"] == len(GOOD)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(hostile_server, tmp_path):
     store = ArtifactStore(str(tmp_path / "art"))
     n = 80
