@@ -453,10 +453,10 @@ def _load(location, kind_name: str, device, max_bytes: int):
     if failed:
         raise CheckpointError(f"{store.root}: checkpoint failed validation: " + "; ".join(map(str, failed)), checks)
     config = kind.config_cls.from_dict(manifest.config)
-    model = kind.build(config)
-    model.load_state_dict(tensors, strict=True)
-    dtype = ALLOWED_DTYPES[next(k for k, v in ALLOWED_DTYPES.items() if DTYPE_NAMES[v] == manifest.dtype)]
-    model = model.to(device=device, dtype=dtype).eval()
+    with torch.device("meta"):  # no random init of weights about to be replaced (seconds at XL/2)
+        model = kind.build(config)
+    model.load_state_dict(tensors, strict=True, assign=True)  # the checked tensors, their dtype kept
+    model = model.to(device=device).eval()
     return model, manifest, checks, store.root
 
 
@@ -492,6 +492,9 @@ def _save(kind: _Kind, store_or_dir, key_prefix: str, model: torch.nn.Module, fi
 
     store = _as_store(store_or_dir)
     validate_key(key_prefix)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     config = getattr(model, "config", None)
     if not isinstance(config, kind.config_cls):
         raise ValueError(f"save_{kind.name} needs a model with a {kind.config_cls.__name__} .config, "

@@ -261,3 +261,11 @@ def test_cli_inspect(saved, capsys):
     assert cli_main(["expert", "inspect", uri]) == 1
     assert "verdict: INVALID" in capsys.readouterr().out
     assert cli_main(["expert", "inspect", uri + "-missing"]) == 2
+
+
+def test_compiled_wrapper_saves_like_the_module(tmp_path, tiny16):
+    uri = save_expert(str(tmp_path), "c", torch.compile(tiny16, backend="eager"), FIELDS)
+    loaded = load_expert(uri)
+    assert set(loaded.model.state_dict()) == set(tiny16.state_dict())
+    assert all(p.device.type == "cpu" for p in loaded.model.parameters())
+    assert all(not p.is_meta for p in loaded.model.state_dict().values())
