@@ -141,6 +141,7 @@ class ExpertTrainConfig(LoopConfig):
     text_dim: int = 384
     caption_dropout: float = 0.1  # probability of the model's learned null caption (CFG training)
     init: str = INIT_SCRATCH  # "scratch" or a path/URI of a converted ImageNet DiT expert checkpoint
+    clustering_version: str | None = None  # the run's clustering (hddm_core.compatibility); declared in the manifest
 
     def __post_init__(self):
         super().__post_init__()
@@ -164,6 +165,8 @@ class ExpertTrainConfig(LoopConfig):
         for name in ("architecture", "latent_space", "text_encoder"):
             _need(isinstance(getattr(self, name), str) and getattr(self, name),
                   f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        _need(self.clustering_version is None or (isinstance(self.clustering_version, str) and self.clustering_version),
+              f"clustering_version must be a non-empty string or None, got {self.clustering_version!r}")
         _need(isinstance(self.init, str) and self.init != "",
               f"init must be {INIT_SCRATCH!r} or a path to a converted DiT checkpoint, got {self.init!r}")
 

@@ -175,6 +175,7 @@ def export_expert(loop: TrainingLoop, config: ExpertTrainConfig, store: Artifact
         "latent_space": config.latent_space, "latent_scale": float(config.latent_scale),
         "image_resolution": int(config.image_resolution or config.latent_size),
         "text_encoder": config.text_encoder, "data_hash": data_hash, "cluster_id": config.cluster_id,
+        "clustering_version": config.clustering_version,
         "extra": {"training": {"steps": loop.step, "seed": config.seed, "final_loss": loop.losses[-1] if loop.losses else None,
                                "rollbacks": len(loop.rollbacks), "skipped_batches": sorted(loop.skipped),
                                "weights": "ema", "ema_decay": config.ema_decay, "config": config.to_dict()}},

