@@ -1,0 +1,185 @@
+"""The evaluation stage: sample a set of trained experts (and router) in every requested routing mode
+on identical seeds and prompts, measure, and write the report (hddm_core.report) plus the cluster grid,
+router and training pictures.
+
+Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
+prepare stage. Quality: Frechet distance of Inception-v3 features projected to `fd_dims` (a named
+small-sample variant, never called FID) against real images of the same clusters; diversity:
+pixel-RMS within each prompt's images (LPIPS is reported as unavailable when its weights are absent).
+Output prefix: <evaluations_prefix>/<key[:16]>, key = hash(expert weights, router weights, data, config):
+a second call for the same experts returns the existing manifest without sampling.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
+from .storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+STAGE = "evaluate"
+
+
+def _expert_folders(store: ArtifactStore, params) -> list[str]:
+    if params.experts:
+        return list(params.experts)
+    keys = [k for k in store.list(params.experts_prefix) if k.endswith("/expert.json")]
+    if not keys:
+        raise FileNotFoundError(f"no experts under {store.uri(params.experts_prefix)}; register or train some first")
+    return [store.uri(k.rsplit("/", 1)[0]) for k in keys]
+
+
+def _routings(modes, members, has_router: bool, tau: float):
+    from .inference.routing import Routing
+
+    ddpm = tuple(i for i, m in enumerate(members) if m.declaration.prediction != "velocity")
+    fm = tuple(i for i, m in enumerate(members) if m.declaration.prediction == "velocity")
+    out, skipped = [], []
+    for mode in modes:
+        if mode in ("top-1", "top-2", "full") and not has_router:
+            skipped.append(f"{mode}: needs a router")
+        elif mode == "top-2" and len(members) < 2:
+            skipped.append("top-2: needs two experts")
+        elif mode == "threshold" and not (ddpm and fm):
+            skipped.append("threshold: needs both DDPM and FM experts")
+        elif mode == "top-1":
+            out.append(("top-1", Routing.top1()))
+        elif mode == "top-2":
+            out.append(("top-2", Routing.top_k(2)))
+        elif mode == "full":
+            out.append(("full", Routing.full()))
+        elif mode == "threshold":  # FM-first: FM experts at high noise, DDPM ones at t <= tau (paper, sec. 4)
+            out.append((f"threshold FM-first tau={tau:g}", Routing.threshold(tau, low=ddpm, high=fm)))
+        elif mode == "single":
+            out.append(("uniform mix" if len(members) > 1 else "single expert", Routing.fixed([1.0] * len(members))))
+    return out, skipped
+
+
+def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int):
+    """(captions, tokens [n, L, D], mask [n, L], real images [M, 3, H, W] in [-1, 1]) from the clusters."""
+    from .data.cluster_data import ClusterDataset, shard_metadata
+
+    sets = {c: ClusterDataset(store, prepare_prefix, c) for c in clusters}
+    captions, tokens, masks, real = [], [], [], []
+    meta_cache: dict = {}
+    for i in range(n):
+        c = clusters[i % len(clusters)]
+        ds = sets[c]
+        j = (i // len(clusters)) % len(ds)
+        _, tok, mask = ds[j]
+        shard = int(np.searchsorted(ds.starts, j, side="right") - 1)
+        if (c, shard) not in meta_cache:
+            meta_cache[(c, shard)] = shard_metadata(store, prepare_prefix, ds.files[shard])
+        captions.append(meta_cache[(c, shard)]["captions"][j - int(ds.starts[shard])])
+        tokens.append(tok)
+        masks.append(mask)
+    for ds in sets.values():
+        real += [ds[j][0] for j in range(min(len(ds), 256))]
+    return captions, torch.stack(tokens), torch.stack(masks), torch.stack(real)
+
+
+def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    from .inference.ensemble_sampler import sample_ensemble
+    from .inference.loading import load_ensemble
+    from .metrics.fid import InceptionFeatures, fd_projected, inception_stats
+    from .metrics.lpips_diversity import lpips_or_substitute
+    from .report import EvaluationResults, VariantResult, write_report
+
+    folders = _expert_folders(store, params)
+    ens = load_ensemble(folders, params.router)
+    router_sha = ens.router_manifest.weights_sha256 if ens.router_manifest is not None else None
+    prep = read_manifest(store, params.prepare_prefix)
+    if prep is None:
+        raise FileNotFoundError(f"no prepare manifest under {store.uri(params.prepare_prefix)}: evaluation draws its "
+                                "prompts and reference images from the prepared data")
+    cfg = params.model_dump(mode="json", exclude={"artifact_root", "force", "experts", "router"})
+    inputs = {"experts": sorted(m.manifest["weights_sha256"] for m in ens.members), "router": router_sha or "",
+              "data": prep.content_hash}
+    key = hash_config({"config": cfg, "inputs": inputs})
+    prefix = f"{params.evaluations_prefix}/{key[:16]}"
+    if not params.force and (done := completed(store, prefix, cfg, inputs)) is not None:
+        log.info("evaluation %s already done: %s", key[:12], store.uri(f"{prefix}/report.md"))
+        return {"prefix": prefix, "content_hash": done.content_hash, "key": key, "counts": done.counts,
+                "reused": True, "metrics": done.counts.get("metrics", {})}
+    store.delete(f"{prefix}/_manifest.json")
+
+    clusters = sorted({int(m.manifest["cluster_id"]) for m in ens.members if m.manifest.get("cluster_id") is not None})
+    captions, tokens, mask, real = _prompts(store, params.prepare_prefix, clusters or [0], params.n_prompts)
+    reps = params.images_per_prompt
+    cond = {"tokens": tokens.repeat_interleave(reps, 0), "mask": mask.repeat_interleave(reps, 0)}
+    prompts = [c for c in captions for _ in range(reps)]
+    seeds = list(range(params.seed, params.seed + len(prompts)))
+    shape = tuple(real.shape[1:])
+    space = ens.members[0].manifest.get("latent_space")
+    features = InceptionFeatures()
+    notes = [f"Scale: {len(ens.members)} tiny experts, {len(prompts)} samples per routing mode "
+             f"({params.n_prompts} prompts x {reps} seeds), {params.steps} Euler steps, CFG {params.cfg_scale:g}; "
+             "numbers compare routing modes of this run only, never the paper's (DiT-XL/2 on LAION).",
+             f"Quality: Frechet distance of Inception-v3 pool features projected to {params.fd_dims} dimensions "
+             f"against {len(real)} real images of the same clusters (not FID, which needs > 2048 samples)."]
+    ref = inception_stats(_images(real), features, params.fd_dims) if space == "pixel" else None
+    routings, skipped = _routings(params.routing_modes, ens.members, ens.router is not None, params.tau)
+    notes += [f"Skipped routing mode {s}" for s in skipped]
+    if not routings:
+        raise ValueError(f"no routing mode in {params.routing_modes} applies to {len(ens.members)} expert(s) "
+                         f"{'with' if ens.router is not None else 'without'} a router: {skipped}")
+    variants = []
+    for i, (name, routing) in enumerate(routings):
+        res = sample_ensemble(ens.members, seeds, shape, router=ens.router, routing=routing, cond=cond,
+                              cfg_scale=params.cfg_scale, steps=params.steps, router_time_input=ens.router_time_input)
+        x = res.samples.clamp(-1, 1)
+        metrics = {}
+        if ref is not None:
+            metrics[f"FD-inception-proj{params.fd_dims}"] = fd_projected(
+                inception_stats(_images(x), features, params.fd_dims), ref)
+        by_prompt = {f"{k}:{p}": x[k * reps:(k + 1) * reps] for k, p in enumerate(captions)}
+        for m in lpips_or_substitute(by_prompt):
+            metrics[m.name] = m
+        variants.append(VariantResult(name, "routing", metrics, res, x, prompts, params=routing.to_dict()))
+        log.info("evaluate %s: %s", name, {k: str(v) for k, v in metrics.items()})
+        if progress is not None:
+            progress(i + 1, len(routings))
+    quality = f"FD-inception-proj{params.fd_dims}" if ref is not None else "pixel-RMS diversity"
+    results = EvaluationResults("HDDM evaluation", variants, quality, "pixel-RMS diversity", seeds, notes)
+    out = store.child(prefix)
+    write_report(out, results)
+    extras = _extra_pictures(store, out, params, ens)
+    report = out.read_bytes("report.md").decode() + "\n## Clusters, router and experts\n\n" + "\n".join(extras) + "\n"
+    out.write_bytes("report.md", report.encode())
+    summary = {v.name: {k: (m.value if m.ok else None) for k, m in v.metrics.items()} for v in variants}
+    outputs = [k[len(prefix) + 1:] for k in store.list(prefix) if not k.endswith("_manifest.json")]
+    counts = {"samples_per_mode": len(prompts), "modes": [v.name for v in variants], "experts": len(ens.members),
+              "metrics": summary}
+    manifest = StageManifest(stage=STAGE, config=cfg, config_hash=hash_config(cfg), inputs=inputs,
+                             outputs=describe_outputs(store, prefix, outputs), counts=counts)
+    write_manifest(store, prefix, manifest)
+    return {"prefix": prefix, "content_hash": manifest.content_hash, "key": key, "counts": counts, "reused": False,
+            "metrics": summary}
+
+
+def _images(x: torch.Tensor) -> torch.Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # [N, 3, H, W] uint8 for Inception
+
+
+def _extra_pictures(store: ArtifactStore, out: ArtifactStore, params, ens) -> list[str]:
+    """Copy the cluster grid, router evaluation and expert loss curves beside the report."""
+    lines = []
+    pic = f"{params.cluster_prefix}/clusters.png"
+    if store.exists(pic):
+        out.write_bytes("clusters.png", store.read_bytes(pic))
+        lines.append("![cluster grid](clusters.png)")
+    if ens.router_manifest is not None and params.router:
+        router = ArtifactStore(params.router)
+        if router.exists("evaluation.png"):
+            out.write_bytes("router_evaluation.png", router.read_bytes("evaluation.png"))
+            lines.append("![router accuracy and calibration over t](router_evaluation.png)")
+    for i, loc in enumerate(params.experts or []):
+        src = ArtifactStore(loc)
+        if src.exists("loss_curve.png"):
+            out.write_bytes(f"plots/loss_expert{i}.png", src.read_bytes("loss_curve.png"))
+            lines.append(f"- [{loc.rstrip('/').rsplit('/', 1)[-1]}: training loss](plots/loss_expert{i}.png)")
+    return lines

