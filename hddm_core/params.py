@@ -181,6 +181,9 @@ class TrainExpertParams(StageParams):
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
     prepare_prefix: str = "prepare"
     runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
+    clustering_version: Optional[str] = Field(
+        None, description="The run's clustering version, declared in the expert's manifest (contributors: from "
+                          "`hddmp contrib fetch`; checked at submission). Empty: not declared.")
 
 
 class TrainRouterParams(StageParams):
