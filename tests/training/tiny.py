@@ -66,7 +66,7 @@ class SeededDataset(torch.utils.data.Dataset):
 def tiny_config(**overrides) -> ExpertTrainConfig:
     base = dict(steps=12, batch_size=4, lr=2e-3, warmup_steps=3, checkpoint_interval=2, keep_checkpoints=2,
                 latent_channels=C, latent_size=H, text_dim=D, caption_dropout=0.25, ema_decay=0.9, loss_plot=False,
-                architecture="tiny-conv-test", latent_space="test-tensors", objective="flow-matching",
+                architecture="tiny-conv-test", latent_space="test-tensors", image_resolution=H, objective="flow-matching",
                 seed=3, progress=False, spike_factor=0.0)
     return ExpertTrainConfig(**{**base, **overrides})
 
