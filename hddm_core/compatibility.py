@@ -103,7 +103,17 @@ def compatibility_checks(manifest: ExpertManifest, expected: RunExpectations,
     return checks
 
 
-def smoke_forward(loaded: LoadedExpert, *, batch: int = 2, tokens: int = 8, seed: int = 0) -> Check:
+def registry_smoke_forward(loaded: LoadedExpert) -> Check:
+    """The register-expert stage's own smoke forward (hddm_core.registry): the network on random inputs."""
+    from .registry import smoke_forward as network_smoke
+
+    try:
+        return Check("smoke-forward", True, network_smoke(loaded.model, loaded.manifest))
+    except Exception as exc:  # untrusted network: report any failure as a failed check
+        return Check("smoke-forward", False, f"{type(exc).__name__}: {exc}")
+
+
+def velocity_smoke(loaded: LoadedExpert, *, batch: int = 2, tokens: int = 8, seed: int = 0) -> Check:
     """Evaluate a loaded expert's velocity at low, mid and high noise on seeded random inputs of its
     declared shapes: the output must have the input's shape and be finite."""
     cfg = loaded.model.config
@@ -117,21 +127,22 @@ def smoke_forward(loaded: LoadedExpert, *, batch: int = 2, tokens: int = 8, seed
             try:
                 v = field(x, torch.full((batch,), t), cond)  # [B, C, H, W]
             except Exception as exc:  # an untrusted network may fail in any way: report it, do not crash
-                return Check("smoke-forward", False, f"forward at t={t} raised {type(exc).__name__}: {exc}")
+                return Check("velocity-field", False, f"forward at t={t} raised {type(exc).__name__}: {exc}")
             if tuple(v.shape) != tuple(x.shape):
-                return Check("smoke-forward", False, f"velocity at t={t} has shape {tuple(v.shape)}, "
+                return Check("velocity-field", False, f"velocity at t={t} has shape {tuple(v.shape)}, "
                                                      f"expected {tuple(x.shape)}")
             if not bool(torch.isfinite(v).all()):
-                return Check("smoke-forward", False, f"velocity at t={t} has NaN/Inf")
-    return Check("smoke-forward", True, f"velocity finite with shape {list(x.shape)} at t = 0.05, 0.5, 0.95")
+                return Check("velocity-field", False, f"velocity at t={t} has NaN/Inf")
+    return Check("velocity-field", True, f"velocity finite with shape {list(x.shape)} at t = 0.05, 0.5, 0.95")
 
 
 def expert_checks(location, expected: RunExpectations | None = None, *,
                   cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
     """(every check the pipeline runs on a contributed expert, its manifest or None).
 
-    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.experts), a smoke
-    forward pass, and, when the run's expectations are given, compatibility with the run. Raises
+    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.experts), the
+    register-expert stage's smoke forward (hddm_core.registry), the velocity field on the sampler's
+    path at low/mid/high noise (what the ensemble will call), and, when the run's expectations are given, compatibility with the run. Raises
     only for pickle files (PickleRefused, nothing unpickled) and missing files."""
     try:
         loaded = load_expert(location)
@@ -139,7 +150,7 @@ def expert_checks(location, expected: RunExpectations | None = None, *,
         raise
     except CheckpointError as exc:
         return exc.checks or [Check("schema", False, str(exc))], None
-    checks = list(loaded.checks) + [smoke_forward(loaded)]
+    checks = list(loaded.checks) + [registry_smoke_forward(loaded), velocity_smoke(loaded)]
     if expected is not None:
         checks += compatibility_checks(loaded.manifest, expected, cluster_id)
     return checks, loaded.manifest

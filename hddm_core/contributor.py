@@ -30,7 +30,6 @@ import numpy as np
 
 from . import __version__
 from .compatibility import RunExpectations, clustering_version_from_sha, expert_checks
-from .experts import CheckpointError, validate_expert
 from .manifests import MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config, write_manifest
 from .storage import ArtifactStore, redact_url, validate_key
 
@@ -407,36 +406,6 @@ def refusal_message(checks) -> str:
     return f"refused: {first.detail}{more}"
 
 
-def copy_expert(expert_location: str, run: ArtifactStore, key_prefix: str) -> str:
-    """Copy a validated expert (weights first, manifest last) under run/key_prefix; re-validate there.
-
-    An existing expert under the same key is replaced only by the same weights (idempotent resubmission);
-    different weights under a taken name are refused so nobody's expert is silently overwritten."""
-    from .experts import _locate
-
-    validate_key(key_prefix)
-    src, manifest_name, _ = _locate(expert_location, "expert")
-    raw = src.read_json(manifest_name)
-    dest_manifest = posixpath.join(key_prefix, "expert.json")
-    if run.exists(dest_manifest):
-        existing = run.read_json(dest_manifest)
-        if existing.get("weights_sha256") != raw["weights_sha256"]:
-            raise ContributionRefused(f"refused: {run.uri(key_prefix)} already holds a different expert "
-                                      f"(weights {str(existing.get('weights_sha256'))[:16]}...); choose another --name")
-    with src.local_path(raw["weights_file"]) as path:
-        run.put_file(path, posixpath.join(key_prefix, raw["weights_file"]))
-    run.write_json(dest_manifest, raw)
-    for extra in ("train_config.json", "loss_curve.png"):  # provenance beside the expert, if present
-        key = posixpath.join(posixpath.dirname(manifest_name) or "", extra) if "/" in manifest_name else extra
-        if src.exists(key):
-            run.write_bytes(posixpath.join(key_prefix, extra), src.read_bytes(key))
-    checks = validate_expert(run.uri(key_prefix) if "://" in run.root else run.path(key_prefix))
-    if not all(c.ok for c in checks):
-        raise CheckpointError(f"{run.uri(key_prefix)}: the stored copy failed validation: "
-                              + "; ".join(str(c) for c in checks if not c.ok), checks)
-    return run.uri(key_prefix)
-
-
 def submit_expert(expert_location: str, clustering_dir: str, *, name: str, cluster_id: int | None = None,
                   run_url: str | None = None, storage_options: dict | None = None,
                   store_fn: Callable[[str, str, str], str] | None = None) -> dict:
@@ -445,8 +414,9 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
 
     run_url defaults to the run the clustering was fetched from; storage_options (or the
     environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) carry the contributor's own credentials.
-    store_fn(expert_location, run_url, name) -> uri replaces the plain copy (e.g. the pipeline's
-    register-expert stage)."""
+    Storing is the register-expert stage's code (hddm_core.registry.register_expert), unless
+    store_fn(expert_location, run_url, name) -> uri is given. A name already holding different
+    weights is refused (nobody's expert is silently replaced); resubmitting the same weights is a no-op."""
     from .params import check_key_name
 
     check_key_name(name, "expert name")
@@ -456,10 +426,38 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
         raise ContributionRefused(refusal_message(checks), checks)
     run_url = run_url or card["run"]
     key = posixpath.join(card["layout"]["experts"], name)
+    run = ArtifactStore(run_url, storage_options)
+    dest = posixpath.join(key, "expert.json")
+    if run.exists(dest) and run.read_json(dest).get("weights_sha256") != manifest.weights_sha256:
+        raise ContributionRefused(f"refused: {run.uri(key)} already holds a different expert; choose another name")
     if store_fn is not None:
         uri = store_fn(expert_location, run_url, name)
-    else:
-        uri = copy_expert(expert_location, ArtifactStore(run_url, storage_options), key)
+    else:  # the register-expert stage's own code path: validate, smoke forward, weights first, manifest last
+        from .registry import register_expert
+
+        uri = register_expert(run, expert_location, card["layout"]["experts"], name)["uri"]
     return {"uri": uri, "name": name, "key": key, "cluster_id": manifest.cluster_id, "objective": manifest.objective,
             "weights_sha256": manifest.weights_sha256, "clustering_version": manifest.clustering_version,
             "checks": [str(c) for c in checks]}
+
+
+# -- bookkeeping in the work folder --------------------------------------------------------------
+def is_contribution(work_dir: str | None) -> bool:
+    return bool(work_dir) and ArtifactStore(work_dir).exists(CONTRIBUTION_NAME)
+
+
+def record_trained_expert(work_dir: str, expert_uri: str, cluster_id: int, objective: str) -> None:
+    """Remember the expert trained in this work folder (submit and validate default to it)."""
+    work = ArtifactStore(work_dir)
+    info = read_contribution(work_dir)
+    info["expert"] = {"uri": expert_uri, "cluster_id": int(cluster_id), "objective": objective}
+    work.write_json(CONTRIBUTION_NAME, info)
+
+
+def trained_expert(work_dir: str) -> tuple[str, str]:
+    """(expert URI, clustering folder) recorded in a work folder by `hddmp expert train`."""
+    info = read_contribution(work_dir)
+    if "expert" not in info:
+        raise FileNotFoundError(f"no trained expert recorded in {work_dir}: run `hddmp expert train --artifact-root "
+                                f"{work_dir} ...` first, or pass the expert folder")
+    return info["expert"]["uri"], info["clustering_dir"]
