@@ -14,8 +14,9 @@ over the sequence (DiT keeps an extra learned "null class" row; PixArt a learned
 Identical keys make cross-attention length-independent, so any number of null tokens gives the
 same output; `drop_captions(cond, drop)` substitutes it per sample for the trainer.
 
-`config.adaln = "per-block"` swaps in DiT's per-block adaLN MLPs (used to count the ~826M
-alternative against AdaLN-Single's ~607M at XL/2, see tests/models/test_param_counts.py).
+`config.adaln = "per-block"` swaps in DiT's per-block adaLN MLPs: at XL/2 with a 768-wide text
+projection that is 824,642,704 parameters against AdaLN-Single's 607,004,560 (the paper: ~826M
+vs 605M; tests/models/test_param_counts.py pins both and explains the gap).
 """
 from __future__ import annotations
 
