@@ -16,6 +16,20 @@ EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if getattr(args, "core", False):
+        return _demo_core(args)
+    # flows/ and tasks/ are repository folders (Prefect's working-directory model), not installed packages.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(repo, "flows")) and repo not in sys.path:
+        sys.path.insert(0, repo)
+    from flows.demo import run_demo
+
+    report = run_demo(os.path.abspath(args.out))
+    print(f"report: {report}")
+    return 0
+
+
+def _demo_core(args: argparse.Namespace) -> int:
     from hddm_core.demo_gaussian import run_gaussian_demo
 
     out = os.path.abspath(args.out)
@@ -50,6 +64,9 @@ def _expert_train(args: argparse.Namespace) -> int:
     if in_contribution and args.p__clustering_version is None:
         card = contributor.read_card(contributor.read_contribution(work)["clustering_dir"])
         overrides["clustering_version"] = card["clustering_version"]
+        if args.p__cluster_id is None:  # default: the cluster most of the contributor's images fall into
+            overrides["cluster_id"] = int(contributor.read_contribution(work)["largest"])
+            print(f"training for cluster {overrides['cluster_id']} (most of your images; --cluster-id to choose)")
         if args.p__cluster_id is not None and not 0 <= args.p__cluster_id < card["n_clusters"]:
             raise ValueError(f"--cluster-id {args.p__cluster_id} is not a cluster of the run: valid 0..{card['n_clusters'] - 1}")
     params = build_params(args, **overrides)
@@ -111,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default (CPU)")
     demo.add_argument("--out", default="artifacts/demo", help="output folder (default: %(default)s)")
+    demo.add_argument("--core", action="store_true", help="only the closed-form Gaussian demo of the maths core")
     demo.set_defaults(func=_demo)
 
     add_contrib_parser(sub)

@@ -59,7 +59,7 @@ def _routings(modes, members, has_router: bool, tau: float):
     return out, skipped
 
 
-def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int):
+def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int, n_real: int):
     """(captions, tokens [n, L, D], mask [n, L], real images [M, 3, H, W] in [-1, 1]) from the clusters."""
     from .data.cluster_data import ClusterDataset, shard_metadata
 
@@ -77,8 +77,9 @@ def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: 
         captions.append(meta_cache[(c, shard)]["captions"][j - int(ds.starts[shard])])
         tokens.append(tok)
         masks.append(mask)
+    per = -(-n_real // len(clusters))  # ceil: the reference spans every cluster evenly
     for ds in sets.values():
-        real += [ds[j][0] for j in range(min(len(ds), 256))]
+        real += [ds[j][0] for j in range(min(len(ds), per))]
     return captions, torch.stack(tokens), torch.stack(masks), torch.stack(real)
 
 
@@ -108,7 +109,8 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     store.delete(f"{prefix}/_manifest.json")
 
     clusters = sorted({int(m.manifest["cluster_id"]) for m in ens.members if m.manifest.get("cluster_id") is not None})
-    captions, tokens, mask, real = _prompts(store, params.prepare_prefix, clusters or [0], params.n_prompts)
+    captions, tokens, mask, real = _prompts(store, params.prepare_prefix, clusters or [0], params.n_prompts,
+                                                  params.reference_images)
     reps = params.images_per_prompt
     cond = {"tokens": tokens.repeat_interleave(reps, 0), "mask": mask.repeat_interleave(reps, 0)}
     prompts = [c for c in captions for _ in range(reps)]

@@ -221,7 +221,9 @@ class EvaluateParams(StageParams):
     images_per_prompt: int = Field(4, ge=1, le=1000, description="Seeds per prompt (diversity is measured within).")
     steps: int = Field(20, ge=1, le=1000, description="Euler steps (paper: 50).")
     cfg_scale: float = Field(1.5, ge=0, le=50, description="Classifier-free guidance scale (paper: 7.5).")
-    fd_dims: int = Field(32, ge=2, le=2048, description="Inception features projected to this width for the "
+    reference_images: int = Field(64, ge=3, le=100000, description="Real images (from the experts' clusters) the "
+                                                                   "Frechet distance compares against.")
+    fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
                                                         "small-sample Frechet distance (named FD-inception-projN).")
     seed: int = Field(0, ge=0)
     experts_prefix: str = "experts/registry"
@@ -262,10 +264,10 @@ def demo_params(artifact_root: str) -> PipelineParams:
     """The one-command demo on the embedded default, sized for 2 CPU cores in well under 15 minutes."""
     return PipelineParams(
         artifact_root=artifact_root,
-        download=DownloadParams(embedded=EmbeddedParams(size=32, limit=640), image_size=32),
+        download=DownloadParams(embedded=EmbeddedParams(size=32, limit=256), image_size=32),
         recaption=RecaptionParams(captioner="passthrough"),
         embed=EmbedParams(embedder="inception-v3-fid", batch_size=32),
-        cluster=ClusterParams(n_clusters=4),
+        cluster=ClusterParams(n_clusters=4, balance=True),
         prepare=PrepareParams(resolution=16, max_length=16),
         objectives=["ddpm-eps", "flow-matching"],
         expert_training=TrainingParams(architecture="tiny-16", steps=300, batch_size=32, lr=2e-3, ema_decay=0.99,

@@ -109,9 +109,15 @@ def _reuse(store: ArtifactStore, prefix: str, key: Optional[str], force: bool) -
     if raw.get("key") != key:
         return None
     ref = StageRef(**raw["ref"])
-    m = read_manifest(store, ref.prefix) if ref.stage not in ("train-expert", "train-router") else None
-    if m is not None and m.content_hash != ref.content_hash:
-        return None  # the outputs changed under us: recompute
+    if ref.stage in ("train-expert", "train-router"):
+        name = "expert.json" if ref.stage == "train-expert" else "router.json"
+        if not store.exists(f"{ref.prefix}/{name}") or store.read_json(f"{ref.prefix}/{name}").get(
+                "weights_sha256") != ref.content_hash:
+            return None  # the exported weights changed or vanished: recompute
+    else:
+        m = read_manifest(store, ref.prefix)
+        if m is None or m.content_hash != ref.content_hash:
+            return None  # the outputs changed under us: recompute
     log.info("%s: reusing finished stage at %s (key %s)", ref.stage, ref.uri, key[:12])
     return ref.model_copy(update={"reused": True})
 
@@ -387,6 +393,11 @@ def run_register_expert(params: RegisterExpertParams) -> StageRef:
                     counts={"checks": result["checks"]}, reused=result["already_registered"],
                     extra={"cluster_id": result["cluster_id"], "objective": result["objective"],
                            "event_id": landed_event_id(result["weights_sha256"])})
+
+
+def for_landed_expert(params: EvaluateParams, expert_uri: str) -> EvaluateParams:
+    """The evaluation an expert-landed trigger asks for: that expert alone, on its own cluster's prompts."""
+    return params.model_copy(update={"experts": [expert_uri], "router": None, "routing_modes": ["single"]})
 
 
 def run_evaluate(params: EvaluateParams, progress: Progress = None) -> StageRef:

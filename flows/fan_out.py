@@ -1,0 +1,42 @@
+"""Fan-out of one deployment over several parameter sets, as subflow-linked flow runs on a work pool."""
+from __future__ import annotations
+
+import time
+
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+
+from hddm_core import stages
+from hddm_core.stages import StageRef
+
+POLL_S = 5.0
+CRASH_GRACE_S = 120.0  # the crashed-run automation (infra/bootstrap.py) reschedules within this time
+
+
+def run_deployments(name: str, jobs: list, poll_s: float = POLL_S, crash_grace_s: float = CRASH_GRACE_S) -> list[StageRef]:
+    """Start one flow run of deployment `name` per job (linked as subflows: cancelling the parent
+    cancels them), wait for all, and return each job's StageRef (read back from the store, where the
+    finished stage recorded it; results never carry tensors)."""
+    runs = [run_deployment(name, parameters={"params": job.model_dump(mode="json")}, timeout=0, as_subflow=True)
+            for job in jobs]
+    with get_client(sync_client=True) as client:
+        pending = {r.id for r in runs}
+        states, crashed_since = {}, {}
+        while pending:
+            for run_id in list(pending):
+                fr = client.read_flow_run(run_id)
+                if fr.state is not None and fr.state.is_crashed():  # may be rescheduled once: wait a little
+                    if time.monotonic() - crashed_since.setdefault(run_id, time.monotonic()) < crash_grace_s:
+                        continue
+                else:
+                    crashed_since.pop(run_id, None)
+                if fr.state is not None and fr.state.is_final():
+                    states[run_id] = fr.state
+                    pending.discard(run_id)
+            if pending:
+                time.sleep(poll_s)
+    failed = [(job, states[r.id]) for job, r in zip(jobs, runs) if not states[r.id].is_completed()]
+    if failed:
+        raise RuntimeError("flow runs of " + name + " did not complete: " +
+                           ", ".join(f"cluster {j.cluster_id}: {s.type.value} {s.message or ''}" for j, s in failed))
+    return [stages.run_train_expert(job) for job in jobs]  # each returns its recorded ref at once

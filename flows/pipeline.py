@@ -1,0 +1,43 @@
+"""The end-to-end flow: download -> recaption -> embed -> cluster -> prepare -> K experts -> router ->
+register -> evaluate. Order and fan-out only; every stage is its own (sub)flow and reuses finished work.
+
+Expert training fans out per cluster: with `train_deployment` set, each cluster is a separate flow run
+of that deployment (e.g. on the hddm-gpu pool, one GPU each), linked to this run as a subflow so
+cancelling the pipeline cancels them; without it, the same flow runs in-process, one cluster after the
+other (the embedded default on a laptop).
+"""
+from __future__ import annotations
+
+from prefect import flow
+
+from hddm_core import stages
+from hddm_core.params import PipelineParams, RegisterExpertParams
+from hddm_core.stages import StageRef
+
+from . import stages as stage_flows
+from .fan_out import run_deployments
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(params: PipelineParams = PipelineParams()) -> dict:
+    stage_flows.download(params.stage(params.download))
+    stage_flows.recaption(params.stage(params.recaption))
+    stage_flows.embed(params.stage(params.embed))
+    stage_flows.cluster(params.stage(params.cluster))
+    stage_flows.prepare_cluster_data(params.stage(params.prepare))
+    k = stages.n_clusters(params, params.prepare.prefix)
+    jobs = [params.expert_params(c) for c in range(k)]
+    if params.train_deployment:
+        experts = run_deployments(params.train_deployment, jobs)
+    else:
+        experts = [stage_flows.train_expert(job) for job in jobs]
+    router = stage_flows.train_router(params.stage(params.router))
+    if params.register_experts:
+        for e in experts:
+            stage_flows.register_expert(RegisterExpertParams(
+                artifact_root=params.artifact_root, source=e.uri, experts_prefix=params.evaluate.experts_prefix,
+                name=f"cluster-{e.extra['cluster_id']:03d}-{e.extra['objective']}"))
+    evaluation = stage_flows.evaluate(params.stage(params.evaluate).model_copy(
+        update={"experts": [e.uri for e in experts], "router": router.uri}))
+    return {"experts": [e.uri for e in experts], "router": router.uri, "report": evaluation.extra["report"],
+            "metrics": evaluation.extra["metrics"]}

@@ -1,0 +1,63 @@
+"""One flow per stage. Parameters are the pydantic models of hddm_core.params, so the Prefect UI
+renders a form (descriptions, enums, bounds) and invalid input is rejected before any work."""
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect import flow
+
+from hddm_core import stages
+from hddm_core.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams,
+                              RecaptionParams, RegisterExpertParams, TrainExpertParams, TrainRouterParams)
+from hddm_core.stages import StageRef
+from tasks import data, experts, training
+
+from .dask_runner import on_dask
+
+
+@flow(name="download", log_prints=True)
+def download(params: DownloadParams = DownloadParams()) -> StageRef:
+    return data.download(params)
+
+
+@flow(name="recaption", log_prints=True)
+def recaption(params: RecaptionParams = RecaptionParams()) -> StageRef:
+    return on_dask(data.recaption, params)
+
+
+@flow(name="embed", log_prints=True)
+def embed(params: EmbedParams = EmbedParams()) -> StageRef:
+    return on_dask(data.embed, params)
+
+
+@flow(name="cluster", log_prints=True)
+def cluster(params: ClusterParams = ClusterParams()) -> StageRef:
+    return data.cluster(params)
+
+
+@flow(name="prepare-cluster-data", log_prints=True)
+def prepare_cluster_data(params: PrepareParams = PrepareParams()) -> StageRef:
+    return data.prepare(params)
+
+
+@flow(name="train-expert", log_prints=True)
+def train_expert(params: TrainExpertParams = TrainExpertParams()) -> StageRef:
+    return training.train_expert(params)
+
+
+@flow(name="train-router", log_prints=True)
+def train_router(params: TrainRouterParams = TrainRouterParams()) -> StageRef:
+    return training.train_router(params)
+
+
+@flow(name="register-expert", log_prints=True)
+def register_expert(params: RegisterExpertParams) -> StageRef:
+    return experts.register_expert(params)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate(params: EvaluateParams = EvaluateParams(), expert_uri: Optional[str] = None) -> StageRef:
+    """expert_uri (set by the hddm.expert.landed trigger): evaluate that expert alone; else params.experts."""
+    ref = experts.evaluate(stages.for_landed_expert(params, expert_uri) if expert_uri else params)
+    print(f"evaluation report: {ref.extra['report']}")
+    return ref

@@ -1,0 +1,153 @@
+"""A local Prefect stack on 127.0.0.1: server, process workers (one per GPU), stopped by pid.
+
+Used by `hddmp up` / `hddmp down` and by the end-to-end tests. Every process is started in its own
+session (setsid) so it can be stopped with its children; Prefect workers ignore SIGTERM, so we stop
+with SIGINT first, then SIGKILL after a grace period (STACK-NOTES.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+                "NO_ALBUMENTATIONS_UPDATE": "1", "PREFECT_SERVER_UI_ENABLED": env.get("PREFECT_SERVER_UI_ENABLED", "true")})
+    env.update(extra or {})
+    return env
+
+
+def _spawn(cmd: list[str], env: dict, log_path: str, cwd: str | None = None) -> int:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    out = open(log_path, "ab")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s (last error: {last})")
+
+
+def stop_pid(pid: int, grace: float = 15.0) -> None:
+    """SIGINT the process group, then SIGKILL whatever is left after `grace` seconds."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+                done = _reap(pid)
+            except ProcessLookupError:
+                return
+            if done:
+                return
+            time.sleep(0.2)
+
+
+def _reap(pid: int) -> bool:
+    try:
+        wpid, _ = os.waitpid(pid, os.WNOHANG)
+        return wpid == pid
+    except ChildProcessError:
+        return False
+
+
+@dataclass
+class LocalStack:
+    home: str  # PREFECT_HOME and logs
+    port: int = 4200
+    server_pid: int | None = None
+    worker_pids: list[int] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.home, "local-stack.json")
+
+    def env(self, extra: dict | None = None) -> dict:
+        return offline_env({"PREFECT_HOME": self.home, "PREFECT_API_URL": self.api_url, **(extra or {})})
+
+    def start_server(self, timeout: float = 120.0) -> None:
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.server_pid = _spawn(cmd, self.env({"PREFECT_API_URL": ""}), os.path.join(self.home, "logs", "server.log"))
+        self.save()
+        wait_healthy(self.api_url, timeout)
+        log.info("Prefect server up at %s (pid %s)", self.api_url, self.server_pid)
+
+    def start_worker(self, pool: str, name: str, gpu: str | None = None, cwd: str | None = None) -> int:
+        """One process worker; gpu pins it to one device through CUDA_VISIBLE_DEVICES."""
+        extra = {} if gpu is None else {"CUDA_VISIBLE_DEVICES": str(gpu)}
+        cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
+        pid = _spawn(cmd, self.env(extra), os.path.join(self.home, "logs", f"worker-{name}.log"), cwd=cwd)
+        self.worker_pids.append(pid)
+        self.save()
+        return pid
+
+    def stop(self) -> None:
+        for pid in self.worker_pids:
+            stop_pid(pid)
+        if self.server_pid:
+            stop_pid(self.server_pid)
+        self.worker_pids, self.server_pid = [], None
+        if os.path.exists(self.state_file):
+            os.remove(self.state_file)
+
+    def save(self) -> None:
+        os.makedirs(self.home, exist_ok=True)
+        with open(self.state_file, "w") as f:
+            json.dump(asdict(self), f)
+
+    @classmethod
+    def load(cls, home: str) -> "LocalStack":
+        path = os.path.join(home, "local-stack.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no local stack recorded at {path}; start one with `hddmp up`")
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+def visible_gpus() -> list[str]:
+    """GPU indices for one-worker-per-GPU: CUDA_VISIBLE_DEVICES if set, else torch's count."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() != ""]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:
+        return []

@@ -1,0 +1,64 @@
+"""What every task shares: content-addressed cache keys, transient-only retries, artifacts."""
+from __future__ import annotations
+
+import errno
+import re
+from typing import Optional
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from hddm_core import stages
+
+TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EHOSTUNREACH,
+                    errno.ENETUNREACH, errno.EAGAIN}
+TRANSIENT_NAMES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "ReadTimeoutError", "EndpointConnectionError",
+                   "ConnectionClosedError", "ServerDisconnectedError", "ClientConnectorError", "SlowDown",
+                   "ServiceUnavailable", "ThrottlingException"}
+RETRY_DELAYS = [10, 60, 300]  # backoff between the (at most 3) retries of a transient failure
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Network/storage hiccups are worth a retry; bad input, bad weights and bugs are not."""
+    while exc is not None:
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in TRANSIENT_NAMES:
+            return True
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """retry_condition_fn: continue to the retry policy only for transient errors."""
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # the task's own exception
+        return is_transient(exc)
+    return False
+
+
+def cache_key(stage: str):
+    """cache_key_fn: stage config + input content hashes (hddm_core.stages.stage_key), never run ids."""
+
+    def key_fn(context, parameters) -> Optional[str]:
+        params = parameters["params"]
+        key = stages.stage_key(stage, params)
+        return None if key is None else f"hddm-{stage}-{key}"
+
+    return key_fn
+
+
+def artifact_key(*parts) -> str:
+    """Artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
+
+
+class Progress:
+    """A Prefect progress artifact fed by a stage's (done, total) callback."""
+
+    def __init__(self, key: str, description: str):
+        self.description = description
+        self.id = create_progress_artifact(0.0, key=artifact_key(key), description=description)
+
+    def __call__(self, done: int, total: int) -> None:
+        update_progress_artifact(self.id, 100.0 * done / max(total, 1), description=f"{self.description}: {done}/{total}")

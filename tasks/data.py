@@ -1,0 +1,55 @@
+"""Data stage tasks: download, recaption, embed, cluster, prepare."""
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from hddm_core import stages
+from hddm_core.params import ClusterParams, DownloadParams, EmbedParams, PrepareParams, RecaptionParams
+from hddm_core.stages import StageRef
+
+from .common import RETRY_DELAYS, cache_key, retry_transient
+
+_COMMON = dict(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, persist_result=True)
+
+
+def _refresh(params) -> bool:
+    return bool(params.force)
+
+
+@task(name="download", cache_key_fn=cache_key("download"), timeout_seconds=6 * 3600, tags=["hddm-cpu"], **_COMMON)
+def download(params: DownloadParams) -> StageRef:
+    ref = stages.run_download(params)
+    c = ref.counts
+    create_table_artifact([{k: c.get(k) for k in ("count", "success", "failed_to_download", "success_rate")}],
+                          key="download-summary", description=f"img2dataset download into {ref.uri}")
+    return ref
+
+
+@task(name="recaption", cache_key_fn=cache_key("recaption"), timeout_seconds=24 * 3600, tags=["hddm-gpu-map"], **_COMMON)
+def recaption(params: RecaptionParams) -> StageRef:
+    return stages.run_recaption(params)
+
+
+@task(name="embed", cache_key_fn=cache_key("embed"), timeout_seconds=24 * 3600, tags=["hddm-gpu-map"], **_COMMON)
+def embed(params: EmbedParams) -> StageRef:
+    return stages.run_embed(params)
+
+
+@task(name="cluster", cache_key_fn=cache_key("cluster"), timeout_seconds=6 * 3600, **_COMMON)
+def cluster(params: ClusterParams) -> StageRef:
+    ref = stages.run_cluster(params)
+    from hddm_core.storage import open_store
+
+    store = open_store(params.artifact_root)
+    create_markdown_artifact(store.read_bytes(f"{params.prefix}/report.md").decode(), key="cluster-report",
+                             description="hierarchical k-means: sizes, agreement with Unicode groups")
+    create_table_artifact([{"cluster": i, "size": n} for i, n in enumerate(ref.counts.get("sizes", []))],
+                          key="cluster-sizes", description="samples per cluster")
+    create_link_artifact(ref.extra["picture"], link_text="cluster grid (PNG)", key="cluster-grid")
+    return ref
+
+
+@task(name="prepare-cluster-data", cache_key_fn=cache_key("prepare"), timeout_seconds=24 * 3600, **_COMMON)
+def prepare(params: PrepareParams) -> StageRef:
+    return stages.run_prepare(params)

@@ -1,0 +1,48 @@
+"""Fixtures for orchestration tests: tiny pipeline parameters, one Prefect harness per session."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:  # flows/ and tasks/ are repository folders
+    sys.path.insert(0, REPO)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)  # tiny models; spinning intra-op threads are pathological on a shared CPU
+
+
+def tiny_params(root: str, **overrides):
+    """The pipeline at the smallest size that still runs every stage for real."""
+    from hddm_core.params import (ClusterParams, DownloadParams, EmbeddedParams, EmbedParams, EvaluateParams,
+                                  PipelineParams, PrepareParams, TrainingParams, TrainRouterParams)
+
+    training = TrainingParams(architecture="tiny-16", steps=4, batch_size=4, checkpoint_interval=2, ema_decay=0.5)
+    fields = dict(
+        artifact_root=root,
+        download=DownloadParams(embedded=EmbeddedParams(size=16, limit=16), image_size=16, thread_count=4),
+        embed=EmbedParams(batch_size=16),
+        cluster=ClusterParams(n_clusters=2, n_iter=5, balance=True),
+        prepare=PrepareParams(resolution=8, max_length=8, batch_size=16),
+        objectives=["ddpm-eps", "flow-matching"],
+        expert_training=training,
+        router=TrainRouterParams(training=training, eval_samples_per_bucket=2),
+        evaluate=EvaluateParams(n_prompts=2, images_per_prompt=2, steps=2, fd_dims=2, reference_images=6,
+                                routing_modes=["top-1", "threshold"]),
+    )
+    fields.update(overrides)
+    return PipelineParams(**fields)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

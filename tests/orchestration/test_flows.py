@@ -1,0 +1,57 @@
+"""The pipeline flow end to end in-process (under the session's prefect_test_harness), at tiny scale:
+every stage runs for real; a second run reuses every finished stage; invalid input fails before work."""
+import os
+
+import pytest
+
+from .conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, prefect_harness):
+    from flows.pipeline import pipeline
+
+    root = str(tmp_path_factory.mktemp("pipeline"))
+    return root, pipeline(tiny_params(root))
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_and_writes_the_report(first_run):
+    root, result = first_run
+    report = result["report"].removeprefix("file://")
+    assert os.path.isfile(report)
+    folder = os.path.dirname(report)
+    text = open(report).read()
+    assert "top-1" in text and "threshold" in text and "clusters.png" in text
+    assert os.path.isfile(os.path.join(folder, "clusters.png"))
+    assert any(f.endswith(".png") for f in os.listdir(os.path.join(folder, "grids")))
+    assert len(result["experts"]) == 2
+    assert any("ddpm-eps" in e for e in result["experts"]) and any("flow-matching" in e for e in result["experts"])
+    registry = os.path.join(root, "experts", "registry")
+    assert sorted(os.listdir(registry)) == ["cluster-000-ddpm-eps", "cluster-001-flow-matching"]
+
+
+@pytest.mark.slow
+def test_second_run_reuses_finished_stages(first_run):
+    from flows.pipeline import pipeline
+    from hddm_core import stages
+
+    root, result = first_run
+    mtime = os.path.getmtime(os.path.join(root, "download", "_manifest.json"))
+    again = pipeline(tiny_params(root))
+    assert again["report"] == result["report"] and again["experts"] == result["experts"]
+    assert os.path.getmtime(os.path.join(root, "download", "_manifest.json")) == mtime
+    p = tiny_params(root)
+    for ref in (stages.run_download(p.stage(p.download)), stages.run_embed(p.stage(p.embed)),
+                stages.run_train_expert(p.expert_params(0)), stages.run_train_router(p.stage(p.router))):
+        assert ref.reused, ref.stage
+
+
+def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_path):
+    from flows.stages import cluster, register_expert
+
+    with pytest.raises(Exception, match="n_clusters"):
+        cluster(params={"artifact_root": str(tmp_path), "n_clusters": 0})
+    with pytest.raises(Exception, match="expert name"):
+        register_expert(params={"artifact_root": str(tmp_path), "source": str(tmp_path), "name": "../../etc"})
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,104 @@
+"""Tasks through .fn (no Prefect server): registration, events, transient retries, cache keys."""
+import os
+import uuid
+
+import pytest
+import torch
+
+from hddm_core import stages
+from hddm_core.params import RegisterExpertParams, TrainExpertParams
+from tasks import common
+
+
+def _tiny_expert(folder, objective="flow-matching", cluster_id=1):
+    from hddm_core.experts import save_expert
+    from hddm_core.models.dit import build_expert_model
+    from hddm_core.models.presets import expert_config
+
+    torch.manual_seed(0)
+    model = build_expert_model(expert_config("tiny-16", input_size=8))
+    return save_expert(str(folder), "expert", model, {"objective": objective, "cluster_id": cluster_id,
+                                                        "text_encoder": "all-MiniLM-L6-v2",
+                                                        "latent_space": "pixel", "data_hash": "test"})
+
+
+@pytest.fixture(autouse=True)
+def _api(prefect_harness):
+    """Artifacts need an API: the session's one harness (no per-test server)."""
+
+
+@pytest.fixture
+def events(monkeypatch):
+    sent = []
+    import tasks.experts as te
+
+    monkeypatch.setattr(te, "emit_event", lambda event, **kw: sent.append((event, kw)))
+    return sent
+
+
+def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, events):
+    from tasks.experts import register_expert
+
+    src = _tiny_expert(tmp_path / "contrib")
+    root = str(tmp_path / "store")
+    params = RegisterExpertParams(artifact_root=root, source=src, name="cluster-001-fm")
+    ref = register_expert.fn(params)
+    assert os.path.exists(os.path.join(root, "experts/registry/cluster-001-fm/expert.json"))
+    assert any("smoke-forward" in c for c in ref.counts["checks"])
+    again = register_expert.fn(params)  # same weights: nothing rewritten, same event id
+    assert again.reused and again.content_hash == ref.content_hash
+    assert [e[0] for e in events] == ["hddm.expert.landed"] * 2
+    ids = {e[1]["id"] for e in events}
+    assert ids == {uuid.UUID(stages.landed_event_id(ref.content_hash))}
+    assert events[0][1]["payload"]["expert_uri"] == ref.uri
+
+
+def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events):
+    from hddm_core.experts import PickleRefused
+    from tasks.experts import register_expert
+
+    src = _tiny_expert(tmp_path / "contrib")
+    weights = next(f for f in os.listdir(src) if f.endswith(".safetensors"))
+    with open(os.path.join(src, weights), "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)  # hash no longer matches
+    with pytest.raises(ValueError, match="rejected"):
+        register_expert.fn(RegisterExpertParams(artifact_root=str(tmp_path / "s"), source=src, name="bad"))
+    pkl = tmp_path / "evil" / "model.pt"
+    pkl.parent.mkdir()
+    pkl.write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(PickleRefused):
+        register_expert.fn(RegisterExpertParams(artifact_root=str(tmp_path / "s"), source=str(pkl), name="evil"))
+    assert not os.path.exists(tmp_path / "s" / "experts" / "registry" / "bad")
+    assert events == []
+
+
+def test_transient_errors_only_are_retried():
+    import errno
+
+    assert common.is_transient(ConnectionResetError())
+    assert common.is_transient(TimeoutError())
+    assert common.is_transient(OSError(errno.ECONNRESET, "reset"))
+    wrapped = RuntimeError("upload failed")
+    wrapped.__cause__ = ConnectionError("peer gone")
+    assert common.is_transient(wrapped)
+    assert not common.is_transient(ValueError("bad expert"))
+    assert not common.is_transient(FileNotFoundError("missing manifest"))
+    assert not common.is_transient(RuntimeError("NaN loss"))
+
+
+def test_cache_key_is_content_addressed(tmp_path):
+    root = str(tmp_path)
+    key_fn = common.cache_key("train-expert")
+    p = TrainExpertParams(artifact_root=root, cluster_id=0)
+    assert key_fn(None, {"params": p}) is None  # no prepared data yet: nothing to reuse
+    from hddm_core.manifests import StageManifest, hash_config, write_manifest
+    from hddm_core.storage import ArtifactStore
+
+    store = ArtifactStore(root)
+    write_manifest(store, "prepare", StageManifest("prepare", {}, hash_config({}), {}, {}))
+    k1 = key_fn(None, {"params": p})
+    assert k1 and k1 == key_fn(None, {"params": p.model_copy(update={"force": True})})  # force is not config
+    assert k1 != key_fn(None, {"params": p.model_copy(update={"cluster_id": 1})})
+    write_manifest(store, "prepare", StageManifest("prepare", {"x": 1}, hash_config({"x": 1}), {}, {}))
+    assert key_fn(None, {"params": p}) != k1  # new input content: new key
