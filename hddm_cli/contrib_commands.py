@@ -72,7 +72,8 @@ def _prepare(args) -> int:
                                text_encoder_path=args.text_encoder_path, batch_size=args.batch_size, force=args.force)
     print(f"prepared training inputs: {out['prepare']}")
     print(f"  per cluster: {out['clusters']}")
-    print(f"next: hddmp expert train --artifact-root {args.work} --cluster-id {out['largest']} --objective flow-matching")
+    print(f"next: hddmp expert train --artifact-root {args.work} --objective ddpm-eps|flow-matching "
+          f"(trains for cluster {out['largest']}, where most of your images are; --cluster-id to choose)")
     return 0
 
 

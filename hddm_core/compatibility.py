@@ -97,7 +97,8 @@ def compatibility_checks(manifest: ExpertManifest, expected: RunExpectations,
         checks.append(Check("compatible:cluster_id", False,
                             f"cluster_id is {cid!r} but the run expects one of its clusters {valid[0]}..{valid[-1]}"))
     elif cluster_id is not None and cid != int(cluster_id):
-        checks.append(Check("compatible:cluster_id", False, _refusal("cluster_id", cid, int(cluster_id))))
+        checks.append(Check("compatible:cluster_id", False, f"cluster_id is {cid!r} in the expert's manifest but "
+                                                            f"{int(cluster_id)} was claimed for it"))
     else:
         checks.append(Check("compatible:cluster_id", True, f"{cid} of {expected.n_clusters}"))
     return checks
