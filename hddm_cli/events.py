@@ -9,34 +9,44 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import uuid
 
 
 def _orchestration_emitter():
-    """The orchestration layer's emitter when the repository's tasks/ folder is importable, else None."""
-    root = os.getcwd()
-    if os.path.isdir(os.path.join(root, "tasks")) and root not in sys.path:
-        sys.path.append(root)  # tasks/ is a repository folder (Prefect's working-directory model)
-    for module, name in (("tasks.register", "emit_expert_landed"), ("tasks.experts", "emit_expert_landed")):
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
+    """tasks.experts.emit_landed (the register-expert flow's emitter) when the repository's tasks/ folder
+    is importable (run from the repository root, Prefect's working-directory model), else None."""
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        if os.path.isfile(os.path.join(root, "tasks", "experts.py")):
+            if root not in sys.path:
+                sys.path.append(root)
+            try:
+                return importlib.import_module("tasks.experts").emit_landed
+            except (ImportError, AttributeError):
+                return None
     return None
 
 
-def emit_landed(uri: str, weights_sha256: str, cluster_id, objective: str, run_url: str, name: str) -> str:
-    """Emit hddm.expert.landed; returns the event id."""
+def _ref(result: dict):
+    """The register-expert stage's reference for a submitted expert (what its emitter reads)."""
+    from hddm_core.stages import StageRef, landed_event_id
+
+    return StageRef(stage="register-expert", uri=result["uri"], prefix=result["key"],
+                    content_hash=result["weights_sha256"], key=result["weights_sha256"],
+                    extra={"cluster_id": result["cluster_id"], "objective": result["objective"],
+                           "event_id": landed_event_id(result["weights_sha256"])})
+
+
+def emit_landed(ref) -> str:
+    """The same event as tasks.experts.emit_landed (used when the repository's tasks/ is not importable)."""
     from prefect.events import emit_event
 
-    from hddm_core.stages import EXPERT_LANDED_EVENT, landed_event_id
+    from hddm_core.stages import EXPERT_LANDED_EVENT
 
-    event_id = landed_event_id(weights_sha256)
-    emit_event(event=EXPERT_LANDED_EVENT, id=event_id,
-               resource={"prefect.resource.id": f"hddm.expert.{weights_sha256[:16]}", "hddm.expert.uri": uri,
-                         "hddm.expert.name": name},
-               payload={"uri": uri, "weights_sha256": weights_sha256, "cluster_id": cluster_id, "objective": objective,
-                        "artifact_root": run_url, "name": name})
-    return event_id
+    emit_event(EXPERT_LANDED_EVENT, id=uuid.UUID(ref.extra["event_id"]),
+               resource={"prefect.resource.id": f"hddm.expert.{ref.content_hash}", "prefect.resource.name": ref.prefix},
+               payload={"expert_uri": ref.uri, "weights_sha256": ref.content_hash,
+                        "cluster_id": ref.extra.get("cluster_id"), "objective": ref.extra.get("objective")})
+    return ref.extra["event_id"]
 
 
 def announce_landing(result: dict, *, run_url: str, experts_prefix: str) -> str:
@@ -45,10 +55,8 @@ def announce_landing(result: dict, *, run_url: str, experts_prefix: str) -> str:
         return ("no event sent: no Prefect API is configured (PREFECT_API_URL is unset), so no evaluation was "
                 f"triggered; the expert is stored at {result['uri']}. The run's operator can evaluate it with "
                 f"`hddmp evaluate --artifact-root {run_url} --experts-prefix {experts_prefix}`")
-    emitter = _orchestration_emitter()
-    if emitter is not None:
-        event_id = emitter(result)
-    else:
-        event_id = emit_landed(result["uri"], result["weights_sha256"], result["cluster_id"], result["objective"],
-                               run_url, result["name"])
+    ref = _ref(result)
+    emitter = _orchestration_emitter() or emit_landed
+    emitter(ref)
+    event_id = ref.extra["event_id"]
     return f"sent hddm.expert.landed (event {event_id}) to {os.environ['PREFECT_API_URL']}: its evaluation is triggered"

@@ -93,39 +93,37 @@ def _study(args) -> int:
 
 
 # -- the local Prefect stack ---------------------------------------------------------------------------------
-def _infra():
-    root = os.getcwd()
-    if not os.path.isfile(os.path.join(root, "infra", "local_stack.py")):
-        raise FileNotFoundError("`hddmp up`/`down` run from the repository root (infra/local_stack.py and "
-                                f"prefect.yaml live there); {root} has no infra/local_stack.py")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module("infra.local_stack")
+def _repo() -> str:
+    """The repository root (infra/, flows/, prefect.yaml): the current folder or this checkout's."""
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        if os.path.isfile(os.path.join(root, "infra", "up.py")) and os.path.isfile(os.path.join(root, "prefect.yaml")):
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            return root
+    raise FileNotFoundError("`hddmp up`/`down` need the repository (infra/up.py and prefect.yaml); run them from "
+                            "the repository root")
+
+
+def _default_home() -> str:
+    return os.environ.get("HDDM_PREFECT_HOME") or os.path.join(".hddm", "prefect")
 
 
 def _up(args) -> int:
-    stack_mod = _infra()
-    if hasattr(stack_mod, "up"):
-        info = stack_mod.up(home=os.path.abspath(args.home), port=args.port, deploy=not args.no_deploy,
-                            workers=args.workers)
-    else:  # server and one CPU process worker; deployments need the orchestration layer's `up`
-        stack = stack_mod.LocalStack(home=os.path.abspath(args.home), port=args.port)
-        stack.start_server()
-        stack.start_worker("hddm-cpu", "hddm-cpu-0", cwd=os.getcwd())
-        info = {"api_url": stack.api_url}
-    api = info["api_url"] if isinstance(info, dict) else info.api_url
-    print(f"Prefect server: {api.removesuffix('/api')} (UI) ; API {api}")
-    print(f"use it from this shell: export PREFECT_API_URL={api}")
+    _repo()
+    up = importlib.import_module("infra.up").up
+    stack = up(os.path.abspath(args.home), args.port, args.artifact_root, args.deploy or None,
+               gpu_workers=not args.no_gpu_workers)
+    print(f"Prefect UI: http://127.0.0.1:{stack.port}   (API {stack.api_url})")
+    print(f"server pid {stack.server_pid}, worker pids {stack.worker_pids}")
+    print(f"use it from this shell: export PREFECT_API_URL={stack.api_url}")
     print(f"stop it: hddmp down --home {args.home}")
     return 0
 
 
 def _down(args) -> int:
-    stack_mod = _infra()
-    if hasattr(stack_mod, "down"):
-        stack_mod.down(home=os.path.abspath(args.home))
-    else:
-        stack_mod.LocalStack.load(os.path.abspath(args.home)).stop()
+    _repo()
+    LocalStack = importlib.import_module("infra.local_stack").LocalStack
+    LocalStack.load(os.path.abspath(args.home)).stop()
     print(f"stopped the local Prefect stack recorded in {args.home}")
     return 0
 
@@ -142,13 +140,16 @@ def add_local_parsers(sub) -> None:
     study.add_argument("--steps", type=int, default=50, help="Euler steps [default: %(default)s]")
     study.set_defaults(func=_study)
 
-    default_home = os.environ.get("HDDM_PREFECT_HOME", ".hddm-prefect")
-    up = sub.add_parser("up", help="start a local Prefect server on 127.0.0.1, workers and the deployments")
-    up.add_argument("--home", default=default_home, help="PREFECT_HOME, logs and pids [default: %(default)s]")
+    up = sub.add_parser("up", help="start a local Prefect server on 127.0.0.1, pools, deployments and workers",
+                        description="Start a Prefect server on 127.0.0.1, bootstrap pools/limits/automations, deploy "
+                                    "prefect.yaml and start one CPU worker plus one GPU worker per visible GPU "
+                                    "(infra/up.py). Processes are recorded under --home and stopped by `hddmp down`.")
+    up.add_argument("--home", default=_default_home(), help="PREFECT_HOME, logs and pids [default: %(default)s]")
     up.add_argument("--port", type=int, default=4200, help="server port on 127.0.0.1 [default: %(default)s]")
-    up.add_argument("--workers", type=int, default=None, help="GPU workers [default: one per visible GPU]")
-    up.add_argument("--no-deploy", action="store_true", help="start server and workers only")
+    up.add_argument("--artifact-root", default=None, help="HDDM_ARTIFACT_ROOT for the workers [default: ./artifacts]")
+    up.add_argument("--deploy", action="append", metavar="NAME", help="deploy only these (repeatable) [default: all]")
+    up.add_argument("--no-gpu-workers", action="store_true", help="start the CPU worker only")
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop the local Prefect stack `hddmp up` started (by process id)")
-    down.add_argument("--home", default=default_home, help="as given to `hddmp up` [default: %(default)s]")
+    down.add_argument("--home", default=_default_home(), help="as given to `hddmp up` [default: %(default)s]")
     down.set_defaults(func=_down)

@@ -17,6 +17,12 @@ class StageCommand:
     params: str  # class name in hddm_core.params
     help: str
     progress: Optional[str] = None  # progress bar label when the stage reports progress
+    flow: Optional[str] = None  # Prefect flow/deployment name when it differs from the stage's (prefect.yaml)
+
+    @property
+    def deployment(self) -> str:
+        name = self.flow or self.stage
+        return f"{name}/{name}"
 
 
 DATA = {
@@ -25,7 +31,8 @@ DATA = {
     "recaption": StageCommand("recaption", "RecaptionParams", "recaption images (LLaVA) or keep the originals (passthrough)"),
     "embed": StageCommand("embed", "EmbedParams", "image embeddings (DINOv2, or the offline Inception-v3 FID network)"),
     "cluster": StageCommand("cluster", "ClusterParams", "hierarchical k-means of the embeddings into K clusters"),
-    "prepare": StageCommand("prepare", "PrepareParams", "per-cluster training inputs: latents + text tokens"),
+    "prepare": StageCommand("prepare", "PrepareParams", "per-cluster training inputs: latents + text tokens",
+                            flow="prepare-cluster-data"),
 }
 TRAIN_EXPERT = StageCommand("train-expert", "TrainExpertParams", "train one expert on one cluster, alone on one "
                             "device (resumes from its latest checkpoint)", progress="train expert")
@@ -49,9 +56,9 @@ def add_stage_parser(sub, name: str, cmd: StageCommand, *, extra: Callable[[argp
     specs = add_model_options(parser, params_class(cmd.params))
     group = parser.add_argument_group("how to run")
     group.add_argument("--prefect", action="store_true",
-                       help=f"submit a run of the {cmd.stage!r} deployment to the Prefect API (PREFECT_API_URL; "
+                       help=f"submit a run of the {cmd.deployment!r} deployment to the Prefect API (PREFECT_API_URL; "
                             "`hddmp up` starts a local one) and wait for it")
-    group.add_argument("--deployment", default=f"{cmd.stage}/{cmd.stage}",
+    group.add_argument("--deployment", default=cmd.deployment,
                        help="'flow/deployment' used with --prefect [default: %(default)s]")
     group.add_argument("--no-wait", action="store_true", help="with --prefect: return once the run is scheduled")
     group.add_argument("--json", action="store_true", help="print the stage reference as JSON")
