@@ -241,6 +241,8 @@ def test_router_round_trip(tmp_path):
     uri = save_router(str(tmp_path), "router", router, dict(latent_space="pixel", data_hash="h", cluster_ids=[2, 5, 7]))
     loaded = load_router(uri)
     assert loaded.manifest.cluster_ids == [2, 5, 7] and loaded.manifest.time_input == "scaled-1000"
+    report = inspect_expert(uri)
+    assert "(router)" in report and report.endswith("verdict: OK")
     x, t = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 900.0])
     with torch.no_grad():
         assert torch.equal(loaded.model(x, t), router(x, t))
