@@ -183,5 +183,7 @@ def _extra_pictures(store: ArtifactStore, out: ArtifactStore, params, ens) -> li
         src = ArtifactStore(loc)
         if src.exists("loss_curve.png"):
             out.write_bytes(f"plots/loss_expert{i}.png", src.read_bytes("loss_curve.png"))
-            lines.append(f"- [{loc.rstrip('/').rsplit('/', 1)[-1]}: training loss](plots/loss_expert{i}.png)")
+            parts = loc.rstrip("/").split("/")
+            name = parts[-2] if parts[-1] == "expert" and len(parts) > 1 else parts[-1]
+            lines.append(f"- [{name}: training loss](plots/loss_expert{i}.png)")
     return lines

@@ -270,10 +270,10 @@ def demo_params(artifact_root: str) -> PipelineParams:
         cluster=ClusterParams(n_clusters=4, balance=True),
         prepare=PrepareParams(resolution=16, max_length=16),
         objectives=["ddpm-eps", "flow-matching"],
-        expert_training=TrainingParams(architecture="tiny-16", steps=300, batch_size=32, lr=2e-3, ema_decay=0.99,
+        expert_training=TrainingParams(architecture="tiny-16", steps=200, batch_size=32, lr=2e-3, ema_decay=0.99,
                                        checkpoint_interval=100),
-        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=300, batch_size=64, lr=2e-3,
+        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=200, batch_size=64, lr=2e-3,
                                                          ema_decay=0.99, checkpoint_interval=100),
                                  eval_samples_per_bucket=32),
-        evaluate=EvaluateParams(n_prompts=8, images_per_prompt=4, steps=20, cfg_scale=1.5),
+        evaluate=EvaluateParams(n_prompts=6, images_per_prompt=3, reference_images=48, steps=20, cfg_scale=1.5),
     )

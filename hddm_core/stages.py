@@ -134,6 +134,35 @@ def _ref_from_manifest(store: ArtifactStore, stage: str, prefix: str, manifest, 
                     counts=dict(manifest.counts), extra=extra)
 
 
+def _download_key(params: DownloadParams, embedded_hash: Optional[str]) -> Optional[str]:
+    key = stage_key("download", params)
+    return key and hash_config({"key": key, "embedded": embedded_hash})
+
+
+def _ref_prefix(stage: str, params: StageParams, key: str) -> str:
+    if stage == "train-expert":
+        return expert_run_prefix(params, key)
+    if stage == "train-router":
+        return f"{params.prefix}/run-{key[:10]}"
+    return params.prefix
+
+
+def reusable_key(stage: str, params: StageParams) -> Optional[str]:
+    """The stage key when the store holds this stage's finished result under it, else None.
+
+    What Prefect tasks use as cache keys (with the artifact root): a cache hit then always points at
+    outputs that exist, never at a wiped or different store."""
+    store = _store(params)
+    if stage == "download":
+        embedded = read_manifest(store, EMBEDDED_PREFIX) if params.source == "embedded" else None
+        key = _download_key(params, embedded.content_hash if embedded else None)
+    else:
+        key = stage_key(stage, params)
+    if key is None or _reuse(store, _ref_prefix(stage, params, key), key, params.force) is None:
+        return None
+    return hash_config({"root": store.root, "key": key})
+
+
 # -- data stages ------------------------------------------------------------------------------------
 def run_download(params: DownloadParams) -> StageRef:
     """Download to webdataset shards; source=embedded renders the embedded dataset, serves it on
@@ -149,8 +178,7 @@ def run_download(params: DownloadParams) -> StageRef:
         em = build_embedded_dataset(store, EMBEDDED_PREFIX, EmbeddedConfig(
             size=e.size, styles=tuple(e.styles), limit=e.limit, groups=tuple(e.groups) if e.groups else None))
         embedded_hash = em.content_hash
-    key = stage_key("download", params)
-    key = key and hash_config({"key": key, "embedded": embedded_hash})
+    key = _download_key(params, embedded_hash)
     if (ref := _reuse(store, params.prefix, key, params.force)) is not None:
         return ref
     cfg = dict(image_size=params.image_size, resize_mode=params.resize_mode, encode_format=params.encode_format,

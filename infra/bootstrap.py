@@ -8,7 +8,7 @@
 - A tag concurrency limit `hddm-gpu` (N task runs at once) for tasks tagged as GPU work.
 - Automation "hddm: reschedule crashed train-expert": when a train-expert flow run crashes (worker
   lost, node preempted, OOM kill) it is set back to Scheduled once; training resumes from its latest
-  checkpoint (hddm_core.training). A run that crashes again stays Crashed (see reschedule_once).
+  checkpoint (hddm_core.training). A run that crashes again within 24 h stays Crashed.
 Idempotent: existing pools, limits and automations are updated, not duplicated.
 """
 from __future__ import annotations
@@ -28,16 +28,16 @@ K8S_TEMPLATE = os.path.join(os.path.dirname(__file__), "k8s", "gpu-pool-base-job
 def crash_automation_spec() -> dict:
     """The automation as JSON (AutomationCore fields): crashed train-expert run -> Scheduled, once.
 
-    'Once': the trigger only matches Crashed events of runs whose previous state was not our named
-    Scheduled state... Prefect events carry the run's state before the crash as `initial_state`; a
-    rescheduled run starts again from Pending/Running, so instead each reschedule is limited per flow
-    run by the trigger's for_each/threshold window (one firing per run per 24 h)."""
+    'Once' comes from the trigger's bucketing: a Reactive trigger fires as soon as its threshold (1) is
+    met, then waits out the rest of its window before it can fire again for the same for_each key
+    (prefect/server/events/triggers.py). Keyed by the flow run id with a 24 h window, each run is
+    rescheduled at most once a day; a run that crashes again in that time stays Crashed."""
     return {
         "name": CRASH_AUTOMATION,
         "description": "Reschedule a crashed train-expert flow run once; it resumes from its checkpoint.",
         "enabled": True,
         "trigger": {
-            "type": "event", "posture": "Reactive", "threshold": 1, "within": 0,
+            "type": "event", "posture": "Reactive", "threshold": 1, "within": 86400,
             "expect": ["prefect.flow-run.Crashed"],
             "match": {"prefect.resource.id": "prefect.flow-run.*"},
             "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": "train-expert"},

@@ -38,11 +38,13 @@ def retry_transient(task, task_run, state) -> bool:
 
 
 def cache_key(stage: str):
-    """cache_key_fn: stage config + input content hashes (hddm_core.stages.stage_key), never run ids."""
+    """cache_key_fn: artifact root + stage config + input content hashes, never run ids; only once the
+    store holds the finished result under that key (hddm_core.stages.reusable_key), so a cached
+    result never points at outputs that are gone. `force` refreshes (refresh_cache)."""
 
     def key_fn(context, parameters) -> Optional[str]:
         params = parameters["params"]
-        key = stages.stage_key(stage, params)
+        key = stages.reusable_key(stage, params)
         return None if key is None else f"hddm-{stage}-{key}"
 
     return key_fn

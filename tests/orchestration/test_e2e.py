@@ -20,7 +20,10 @@ def stack(tmp_path_factory):
     home = str(tmp_path_factory.mktemp("prefect-home"))
     root = str(tmp_path_factory.mktemp("artifacts"))
     s = LocalStack(home=home, port=free_port())
+    # workers (and their flow-run processes) inherit these: the project folder for the pull step and
+    # the artifact root for runs whose parameters leave it empty (the trigger's evaluations)
     os.environ["HDDM_PROJECT_DIR"] = REPO
+    os.environ["HDDM_ARTIFACT_ROOT"] = root
     try:
         s.start_server(timeout=180)
         bootstrap(s, gpus=1)
@@ -30,6 +33,7 @@ def stack(tmp_path_factory):
         yield s, root
     finally:
         s.stop()  # by pid: SIGINT, then SIGKILL
+        os.environ.pop("HDDM_ARTIFACT_ROOT", None)
 
 
 def _api(stack_):

@@ -88,17 +88,36 @@ def test_transient_errors_only_are_retried():
 
 
 def test_cache_key_is_content_addressed(tmp_path):
-    root = str(tmp_path)
-    key_fn = common.cache_key("train-expert")
-    p = TrainExpertParams(artifact_root=root, cluster_id=0)
-    assert key_fn(None, {"params": p}) is None  # no prepared data yet: nothing to reuse
+    """Stage keys: config + input content hashes (force and the root are not config); Prefect cache
+    keys exist only while the store holds the finished result under that key."""
     from hddm_core.manifests import StageManifest, hash_config, write_manifest
+    from hddm_core.params import ClusterParams
     from hddm_core.storage import ArtifactStore
 
+    root = str(tmp_path)
+    p = TrainExpertParams(artifact_root=root, cluster_id=0)
+    assert stages.stage_key("train-expert", p) is None  # no prepared data yet: nothing to reuse
     store = ArtifactStore(root)
     write_manifest(store, "prepare", StageManifest("prepare", {}, hash_config({}), {}, {}))
-    k1 = key_fn(None, {"params": p})
-    assert k1 and k1 == key_fn(None, {"params": p.model_copy(update={"force": True})})  # force is not config
-    assert k1 != key_fn(None, {"params": p.model_copy(update={"cluster_id": 1})})
+    k1 = stages.stage_key("train-expert", p)
+    assert k1 and k1 == stages.stage_key("train-expert", p.model_copy(update={"force": True}))
+    assert k1 != stages.stage_key("train-expert", p.model_copy(update={"cluster_id": 1}))
     write_manifest(store, "prepare", StageManifest("prepare", {"x": 1}, hash_config({"x": 1}), {}, {}))
-    assert key_fn(None, {"params": p}) != k1  # new input content: new key
+    assert stages.stage_key("train-expert", p) != k1  # new input content: new key
+
+    key_fn = common.cache_key("cluster")
+    c = ClusterParams(artifact_root=root)
+    write_manifest(store, "embed", StageManifest("embed", {}, hash_config({}), {}, {}))
+    assert key_fn(None, {"params": c}) is None  # inputs exist but the stage has not finished here
+    m = write_manifest(store, "cluster", StageManifest("cluster", {}, hash_config({}), {}, {}))
+    del m
+    ref = stages.StageRef(stage="cluster", uri=store.uri("cluster"), prefix="cluster",
+                          content_hash=stages.read_manifest(store, "cluster").content_hash)
+    stages._remember(store, "cluster", stages.stage_key("cluster", c), ref)
+    k = key_fn(None, {"params": c})
+    assert k and k.startswith("hddm-cluster-")
+    assert key_fn(None, {"params": c.model_copy(update={"force": True})}) is None  # force: recompute
+    other = ArtifactStore(str(tmp_path / "elsewhere"))
+    assert key_fn(None, {"params": c.model_copy(update={"artifact_root": other.root})}) is None
+    store.delete("cluster/_manifest.json")
+    assert key_fn(None, {"params": c}) is None  # outputs gone: no cache hit

@@ -1,0 +1,64 @@
+"""prefect.yaml and infra specs, checked without a server."""
+import importlib
+import os
+import re
+
+import yaml
+
+from .conftest import REPO
+
+STAGE_FLOWS = {"pipeline", "download", "recaption", "embed", "cluster", "prepare-cluster-data", "train-expert",
+               "train-router", "register-expert", "evaluate"}
+
+
+def _config():
+    with open(os.path.join(REPO, "prefect.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def test_every_stage_has_a_deployment_whose_entrypoint_is_that_flow():
+    deployments = {d["name"]: d for d in _config()["deployments"]}
+    assert set(deployments) == STAGE_FLOWS
+    for name, d in deployments.items():
+        path, func = d["entrypoint"].split(":")
+        module = importlib.import_module(path[:-3].replace("/", "."))
+        assert getattr(module, func).name == name
+        assert d["work_pool"]["name"] in ("hddm-cpu", "hddm-gpu")
+    assert deployments["train-expert"]["work_pool"]["name"] == "hddm-gpu"
+
+
+def test_evaluate_has_a_nightly_schedule_and_the_expert_landed_trigger():
+    d = next(d for d in _config()["deployments"] if d["name"] == "evaluate")
+    assert d["schedules"][0]["cron"] == "0 3 * * *"
+    trigger = d["triggers"][0]
+    assert trigger["expect"] == ["hddm.expert.landed"]
+    assert "event.payload.expert_uri" in trigger["parameters"]["expert_uri"]
+
+
+def _keys_and_values(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield str(k)
+            yield from _keys_and_values(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _keys_and_values(v)
+    else:
+        yield str(node)
+
+
+def test_no_secrets_in_prefect_yaml():
+    bad = [x for x in _keys_and_values(_config())
+           if re.search(r"(?i)secret|password|token|api_key|aws_access|^AKIA", x) and "TOKENIZERS" not in x]
+    assert bad == []
+
+
+def test_crash_automation_spec_is_a_valid_automation():
+    from prefect.automations import Automation
+
+    from infra.bootstrap import crash_automation_spec
+
+    a = Automation.model_validate(crash_automation_spec())
+    assert a.trigger.expect == {"prefect.flow-run.Crashed"}
+    assert a.trigger.within.total_seconds() == 86400 and a.trigger.threshold == 1
+    assert a.actions[0].type == "change-flow-run-state"
