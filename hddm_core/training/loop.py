@@ -135,7 +135,10 @@ class TrainingLoop:
             elif todo:
                 loader = DataLoader(self.dataset, batch_sampler=[self._batch_indices(p) for p in todo],
                                     num_workers=self.config.num_workers, collate_fn=self.collate_fn,
-                                    pin_memory=self.device.type == "cuda", persistent_workers=False)
+                                    pin_memory=self.device.type == "cuda", persistent_workers=False,
+                                    # its own generator: DataLoader otherwise draws worker seeds from
+                                    # torch's global RNG, which would shift dropout draws vs num_workers=0
+                                    generator=torch.Generator().manual_seed(self.config.seed + position))
                 yield from zip(todo, loader)
             position = epoch_end
 

@@ -1,0 +1,143 @@
+"""GPU check of the training step: bf16 autocast, DiT-B/2 and DiT-XL/2 experts at 256 px
+(32 x 32 x 4 SD-VAE latents), 77 text tokens of width 768, through hddm_core.training's loop.
+
+Prints, per preset: parameters, batch, step time, images/s, and MFU = model FLOPs per step
+(3 x forward matmul FLOPs, hddm_core.models.flops_per_forward) / step time / peak, against both
+a bf16 matmul peak measured in the same run and the nominal peak given by --peak-tflops.
+Timed: data, autocast forward/backward, grad clipping and its finiteness check, AdamW, EMA;
+checkpoint writes are not timed (see benchmarks/bench_training.py for the loop's overhead).
+
+    python -m benchmarks.gpu_check_training                  # on a GPU: B/2 and XL/2
+    python -m benchmarks.gpu_check_training --smoke          # CPU, tiny-16, a few steps (CI-sized)
+    python -m benchmarks.gpu_check_training --compile        # also torch.compile the forward
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from hddm_core.models import count_parameters, expert_config, flops_per_forward  # noqa: E402
+from hddm_core.training.config import ExpertTrainConfig  # noqa: E402
+from hddm_core.training.expert_trainer import build_loop  # noqa: E402
+from hddm_core.training.loop import to_device  # noqa: E402
+
+
+class Synthetic(torch.utils.data.Dataset):
+    def __init__(self, n, c, s, length, width):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, c, s, s, generator=g)
+        self.tok = torch.randn(n, length, width, generator=g)
+        self.mask = torch.ones(n, length, dtype=torch.bool)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.tok[i], self.mask[i]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype, n: int, repeats: int = 10) -> float:
+    """Best-of-repeats TFLOP/s of an n x n x n matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e12)
+    return best
+
+
+def check(preset, args, device, peak_measured):
+    mcfg = expert_config(preset, in_channels=args.channels, input_size=args.latent, text_dim=args.text_dim)
+    data = Synthetic(max(4 * args.batch, 64), mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
+    cfg = ExpertTrainConfig(architecture=preset, latent_space="sd-vae" if args.channels == 4 else "pixel",
+                            latent_channels=args.channels, latent_size=args.latent, image_resolution=args.latent * 8,
+                            text_dim=args.text_dim, text_encoder="synthetic-tokens", steps=10**6,
+                            batch_size=args.batch, lr=1e-4, checkpoint_interval=10**6, device=str(device),
+                            precision=args.precision, compile=args.compile, objective="flow-matching",
+                            ema_decay=0.9999, progress=False, loss_plot=False, num_workers=args.workers)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as root:
+        loop = build_loop(cfg, data, root)  # the step-0 checkpoint is written by run(), not here
+        batches = loop._batches(0)
+        times = []
+        for i in range(args.warmup + args.steps):
+            _, batch = next(batches)
+            sync(device)
+            t0 = time.perf_counter()
+            loss = loop._one_step(to_device(batch, device))
+            sync(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        params = count_parameters(loop.model)
+        mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        del loop
+    step = statistics.median(times)
+    flops = 3 * flops_per_forward(mcfg, batch=args.batch, text_len=args.tokens)
+    achieved = flops / step / 1e12
+    out = {"preset": preset, "params_M": round(params / 1e6, 1), "batch": args.batch, "precision": args.precision,
+           "compile": args.compile, "step_s": round(step, 4), "images_per_s": round(args.batch / step, 1),
+           "model_TFLOPs": round(achieved, 1), "MFU_vs_measured_peak": round(achieved / peak_measured, 3),
+           "MFU_vs_nominal_peak": round(achieved / args.peak_tflops, 3) if args.peak_tflops else None,
+           "max_mem_GiB": round(mem, 1), "last_loss": round(float(loss), 4)}
+    print(json.dumps(out), flush=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["B/2", "XL/2"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--latent", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=77)
+    ap.add_argument("--text-dim", type=int, default=768)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="nominal dense bf16 peak (H100/H200 SXM: 989)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny-16 at 16 px, 3 steps: checks the script runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.presets, args.batch, args.latent, args.channels = ["tiny-16"], 4, 16, 3
+        args.tokens, args.text_dim, args.steps, args.warmup, args.peak_tflops = 8, 384, 3, 1, 0.0
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --smoke for the CPU check")
+        device = torch.device("cuda")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(json.dumps({"device": name, "torch": torch.__version__, "measured_matmul_peak_TFLOPs": round(peak, 1),
+                      "nominal_peak_TFLOPs": args.peak_tflops}), flush=True)
+    for preset in args.presets:
+        check(preset, args, device, peak)
+
+
+if __name__ == "__main__":
+    main()
