@@ -27,7 +27,7 @@ def run_demo(out: str) -> str:
     # Tiny models gain nothing from intra-op threads, and on a shared CPU spinning threads cost 20x
     # (measured here: 45 ms vs 2.4 ms for one small matmul with 2 threads vs 1 under load).
     torch.set_num_threads(int(os.environ.get("HDDM_TORCH_THREADS", "1")))
-    from .pipeline import pipeline
+    from flows.pipeline import pipeline
 
     print(__doc__.split("\n\n", 1)[1].strip() + "\n", flush=True)
     result = pipeline(demo_params(out))

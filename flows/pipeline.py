@@ -14,8 +14,8 @@ from hddm_core import stages
 from hddm_core.params import PipelineParams, RegisterExpertParams
 from hddm_core.stages import StageRef
 
-from . import stages as stage_flows
-from .fan_out import run_deployments
+from flows import stages as stage_flows
+from flows.fan_out import run_deployments
 
 
 @flow(name="pipeline", log_prints=True)

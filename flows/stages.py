@@ -12,7 +12,7 @@ from hddm_core.params import (ClusterParams, DownloadParams, EmbedParams, Evalua
 from hddm_core.stages import StageRef
 from tasks import data, experts, training
 
-from .dask_runner import on_dask
+from flows.dask_runner import on_dask
 
 
 @flow(name="download", log_prints=True)

@@ -102,7 +102,7 @@ def stage_key(stage: str, params: StageParams) -> Optional[str]:
     return hash_config({"stage": stage, "config": _config_of(params), "inputs": inputs})
 
 
-def _reuse(store: ArtifactStore, prefix: str, key: Optional[str], force: bool) -> Optional[StageRef]:
+def _reuse(store: ArtifactStore, prefix: str, key: Optional[str], force: bool, quiet: bool = False) -> Optional[StageRef]:
     if force or key is None or not store.exists(f"{prefix}/{REF_NAME}"):
         return None
     raw = store.read_json(f"{prefix}/{REF_NAME}")
@@ -118,7 +118,8 @@ def _reuse(store: ArtifactStore, prefix: str, key: Optional[str], force: bool) -
         m = read_manifest(store, ref.prefix)
         if m is None or m.content_hash != ref.content_hash:
             return None  # the outputs changed under us: recompute
-    log.info("%s: reusing finished stage at %s (key %s)", ref.stage, ref.uri, key[:12])
+    if not quiet:
+        log.info("%s: reusing finished stage at %s (key %s)", ref.stage, ref.uri, key[:12])
     return ref.model_copy(update={"reused": True})
 
 
@@ -158,7 +159,7 @@ def reusable_key(stage: str, params: StageParams) -> Optional[str]:
         key = _download_key(params, embedded.content_hash if embedded else None)
     else:
         key = stage_key(stage, params)
-    if key is None or _reuse(store, _ref_prefix(stage, params, key), key, params.force) is None:
+    if key is None or _reuse(store, _ref_prefix(stage, params, key), key, params.force, quiet=True) is None:
         return None
     return hash_config({"root": store.root, "key": key})
 

@@ -43,9 +43,10 @@ def _api(stack_):
 
 
 def _evaluate_runs(client, deployment_id):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return [r for r in runs if r.parameters.get("expert_uri")]  # triggered ones (not the nightly schedule's)
 
 
 def _wait(predicate, timeout, what):

@@ -55,3 +55,23 @@ def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_pa
     with pytest.raises(Exception, match="expert name"):
         register_expert(params={"artifact_root": str(tmp_path), "source": str(tmp_path), "name": "../../etc"})
     assert os.listdir(tmp_path) == []
+
+
+def test_map_stage_runs_on_a_dask_cluster_with_gpu_resources(prefect_harness, tmp_path):
+    """on_dask submits the stage task through prefect-dask's DaskTaskRunner to the given scheduler."""
+    from prefect import task
+
+    from flows.dask_runner import on_dask
+    from hddm_core.params import EmbedParams
+    from infra.dask.local_cluster import local_cluster
+
+    @task(timeout_seconds=120)
+    def where(params):
+        from distributed import get_worker
+
+        worker = get_worker()
+        return dict(getattr(worker, "total_resources", None) or worker.state.total_resources)
+
+    with local_cluster(1, gpu_resource=True) as cluster:
+        params = EmbedParams(artifact_root=str(tmp_path), dask_address=cluster.scheduler_address, device="cuda")
+        assert on_dask(where, params) == {"GPU": 1}
