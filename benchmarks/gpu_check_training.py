@@ -44,6 +44,10 @@ class Synthetic(torch.utils.data.Dataset):
         return self.x[i], self.tok[i], self.mask[i]
 
 
+def sig(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -87,16 +91,16 @@ def check(preset, args, device, peak_measured):
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
         params = count_parameters(loop.model)
-        mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         del loop
     step = statistics.median(times)
     flops = 3 * flops_per_forward(mcfg, batch=args.batch, text_len=args.tokens)
     achieved = flops / step / 1e12
     out = {"preset": preset, "params_M": round(params / 1e6, 1), "batch": args.batch, "precision": args.precision,
            "compile": args.compile, "step_s": round(step, 4), "images_per_s": round(args.batch / step, 1),
-           "model_TFLOPs": round(achieved, 1), "MFU_vs_measured_peak": round(achieved / peak_measured, 3),
-           "MFU_vs_nominal_peak": round(achieved / args.peak_tflops, 3) if args.peak_tflops else None,
-           "max_mem_GiB": round(mem, 1), "last_loss": round(float(loss), 4)}
+           "model_TFLOPs": sig(achieved), "MFU_vs_measured_peak": sig(achieved / peak_measured),
+           "MFU_vs_nominal_peak": sig(achieved / args.peak_tflops) if args.peak_tflops else None,
+           "max_mem_GiB": sig(mem) if mem is not None else None, "last_loss": sig(float(loss))}
     print(json.dumps(out), flush=True)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -133,7 +137,7 @@ def main():
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     peak = matmul_peak(device, dtype, 8192 if device.type == "cuda" else 1024)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(json.dumps({"device": name, "torch": torch.__version__, "measured_matmul_peak_TFLOPs": round(peak, 1),
+    print(json.dumps({"device": name, "torch": torch.__version__, "measured_matmul_peak_TFLOPs": sig(peak),
                       "nominal_peak_TFLOPs": args.peak_tflops}), flush=True)
     for preset in args.presets:
         check(preset, args, device, peak)

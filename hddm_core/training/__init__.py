@@ -1,9 +1,16 @@
 """Training loops: one expert per cluster on one device, and the router; resumable, deterministic.
 
-Public entry points: train_expert / ExpertTrainConfig (expert_trainer.py, config.py),
-train_router / RouterTrainConfig (router_trainer.py), TrainingLoop (loop.py, the shared loop),
-CheckpointManager (checkpointing.py).
+    from hddm_core.training import ExpertTrainConfig, train_expert
+    result = train_expert(ExpertTrainConfig(cluster_id=3, objective="ddpm-eps", ...), cluster_dataset, run_uri)
+
+Modules: config.py (frozen, validated configs), loop.py (the shared loop), expert_trainer.py,
+router_trainer.py + router_eval.py, checkpointing.py (atomic safetensors + JSON checkpoints),
+ema.py, guards.py (non-finite / spike detection), rng_state.py, loss_plot.py.
 """
 from .config import ExpertTrainConfig, LoopConfig, RouterTrainConfig
+from .expert_trainer import ExpertTrainResult, build_loop, train_expert
+from .loop import TrainingLoop, TrainResult
+from .router_trainer import RouterTrainResult, build_router_loop, train_router
 
-__all__ = ["ExpertTrainConfig", "LoopConfig", "RouterTrainConfig"]
+__all__ = ["ExpertTrainConfig", "LoopConfig", "RouterTrainConfig", "train_expert", "train_router", "build_loop",
+           "build_router_loop", "TrainingLoop", "TrainResult", "ExpertTrainResult", "RouterTrainResult"]
