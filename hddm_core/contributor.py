@@ -450,6 +450,8 @@ def record_trained_expert(work_dir: str, expert_uri: str, cluster_id: int, objec
     """Remember the expert trained in this work folder (submit and validate default to it)."""
     work = ArtifactStore(work_dir)
     info = read_contribution(work_dir)
+    if "://" not in expert_uri:  # a local path relative to this process's folder: keep it usable from anywhere
+        expert_uri = os.path.abspath(expert_uri)
     info["expert"] = {"uri": expert_uri, "cluster_id": int(cluster_id), "objective": objective}
     work.write_json(CONTRIBUTION_NAME, info)
 
