@@ -183,7 +183,7 @@ class TrainExpertParams(StageParams):
     runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
     clustering_version: Optional[str] = Field(
         None, description="The run's clustering version, declared in the expert's manifest (contributors: from "
-                          "`hddmp contrib fetch`; checked at submission). Empty: not declared.")
+                          "`hddmp contrib fetch`; checked at submission). Empty: the run's own, recorded by the prepare stage.")
 
 
 class TrainRouterParams(StageParams):

@@ -345,7 +345,8 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
     config = ExpertTrainConfig(**_loop_fields(params.training, _device(params.training.device), batch),
                                **_latent_fields(info), cluster_id=params.cluster_id, objective=params.objective,
                                text_encoder=info["text"]["encoder"], text_dim=int(info["text"]["width"]),
-                               caption_dropout=params.caption_dropout, clustering_version=params.clustering_version)
+                               caption_dropout=params.caption_dropout,
+                               clustering_version=params.clustering_version or info.get("clustering_version"))
     run_store = store.child(run)
     loop = build_loop(config, dataset, run_store)
     result = _run_chunks(loop, config.steps, config.checkpoint_interval, progress)

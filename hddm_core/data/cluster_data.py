@@ -146,6 +146,7 @@ def training_inputs_info(store: ArtifactStore, prefix: str) -> dict:
     manifest = require_manifest(store, prefix, STAGE)
     return {"latent": manifest.config["latent"], "text": manifest.config["text"],
             "n_clusters": manifest.config["n_clusters"], "clusters": manifest.counts.get("clusters", {}),
+            "clustering_version": manifest.config.get("clustering_version"),
             "data_hash": manifest.content_hash}
 
 

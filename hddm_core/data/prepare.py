@@ -83,6 +83,7 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
     from safetensors.numpy import save
 
     from .cluster import read_assignments
+    from ..compatibility import clustering_version_from_sha
     from .recaption import read_captions
 
     config = (config or PrepareConfig()).validate()
@@ -93,8 +94,11 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
         inputs["captions"] = require_manifest(store, captions_prefix, "recaption").content_hash
         captions = read_captions(store, captions_prefix)  # refuses captions of a random-init model
     cluster_manifest = require_manifest(store, cluster_prefix, "cluster")
+    centroids = cluster_manifest.outputs.get("centroids.safetensors", {}).get("sha256")
     full_config = {"latent": latent_space.describe(), "text": text_encoder.describe(),
                    "n_clusters": int(cluster_manifest.config["n_clusters"]),
+                   # the run's clustering identity (hddm_core.compatibility): experts declare it
+                   "clustering_version": clustering_version_from_sha(centroids) if centroids else None,
                    "caption_source": "recaption" if captions_prefix else "original",
                    "batch_size": config.batch_size, "shard_size": config.shard_size}
     stage = ShardedStage(store, out_prefix, STAGE, full_config, inputs, config.shard_size, force)

@@ -159,13 +159,20 @@ def test_refusal_messages(published_run, tmp_path, capsys):
     card = json.loads((tmp_path / "c" / "clustering.json").read_text())
     runs = os.path.join(run, "experts", "runs")
     ddpm = next(os.path.join(runs, d, "expert") for d in sorted(os.listdir(runs)) if "ddpm" in d)
-    # the run's own expert declares no clustering version: a contributor must
+    # the run's own experts declare the run's clustering version (recorded by the prepare stage)
+    own = json.loads(open(os.path.join(ddpm, "expert.json")).read())
+    assert own["clustering_version"] == card["clustering_version"]
+    # an expert declaring none is refused, naming the field, the value given and the run's value
+    undeclared = tmp_path / "undeclared"
+    shutil.copytree(ddpm, undeclared)
+    own["clustering_version"] = None
+    (undeclared / "expert.json").write_text(json.dumps(own))
     capsys.readouterr()
-    assert main(["-q", "expert", "submit", ddpm, "--clustering", str(tmp_path / "c"), "--name", "x"]) == 2
+    assert main(["-q", "expert", "submit", str(undeclared), "--clustering", str(tmp_path / "c"), "--name", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"hddmp: error: refused: clustering_version is None but the run expects "
                    f"{card['clustering_version']!r}"), err
-    assert main(["-q", "expert", "submit", ddpm, "--clustering", str(tmp_path / "c"), "--name", "x",
-                 "--cluster-id", "1"]) == 2
+    assert main(["-q", "expert", "submit", str(undeclared), "--clustering", str(tmp_path / "c"), "--name", "x",
+                 "--cluster-id", str(1 - own["cluster_id"])]) == 2
     err = capsys.readouterr().err
     assert "refused: clustering_version" in err and "and 1 more failed check: compatible:cluster_id" in err
