@@ -270,10 +270,12 @@ def demo_params(artifact_root: str) -> PipelineParams:
         cluster=ClusterParams(n_clusters=4, balance=True),
         prepare=PrepareParams(resolution=16, max_length=16),
         objectives=["ddpm-eps", "flow-matching"],
-        expert_training=TrainingParams(architecture="tiny-16", steps=200, batch_size=32, lr=2e-3, ema_decay=0.99,
-                                       checkpoint_interval=100),
-        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=200, batch_size=64, lr=2e-3,
-                                                         ema_decay=0.99, checkpoint_interval=100),
+        # 1000 steps: at 200 the 16 px samples were colour noise; at 1000-1500 they show each prompt's
+        # layout and palette (measured on this CPU: ~50 s per expert with 2 threads)
+        expert_training=TrainingParams(architecture="tiny-16", steps=1000, batch_size=32, lr=2e-3, ema_decay=0.995,
+                                       checkpoint_interval=250),
+        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=400, batch_size=64, lr=2e-3,
+                                                         ema_decay=0.99, checkpoint_interval=200),
                                  eval_samples_per_bucket=32),
-        evaluate=EvaluateParams(n_prompts=6, images_per_prompt=3, reference_images=48, steps=20, cfg_scale=1.5),
+        evaluate=EvaluateParams(n_prompts=6, images_per_prompt=3, reference_images=48, steps=30, cfg_scale=1.5),
     )
