@@ -48,12 +48,37 @@ def same_schedule(a: Schedule, b: Schedule) -> bool:
     return type(a) is type(b) and repr(a) == repr(b)
 
 
+_SNR_MATCH_CACHE: dict[tuple[str, str, float], float] = {}
+_SNR_MATCH_CACHE_MAX = 65536
+
+
+def snr_matched_time(t: torch.Tensor, sampler: Schedule, expert: Schedule) -> torch.Tensor:
+    """Expert time with the sampler's sigma/alpha at each t (float64 [B]).
+
+    A sampler step holds one t for the whole batch and grids repeat across steps and variants, so
+    the bisection runs once per distinct (schedules, t) and is cached: at tiny model sizes it was a
+    measurable share of an ensemble step.
+    """
+    unique, inverse = torch.unique(t, return_inverse=True)
+    key = (repr(sampler), repr(expert))
+    values = [_SNR_MATCH_CACHE.get((*key, float(u))) for u in unique]
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        solved = expert.t_from_log_snr(sampler.log_snr(unique[missing]))
+        if len(_SNR_MATCH_CACHE) > _SNR_MATCH_CACHE_MAX:
+            _SNR_MATCH_CACHE.clear()
+        for i, v in zip(missing, solved.tolist()):
+            values[i] = v
+            _SNR_MATCH_CACHE[(*key, float(unique[i]))] = v
+    return torch.tensor(values, dtype=torch.float64)[inverse]
+
+
 def map_to_expert_frame(x: torch.Tensor, t: torch.Tensor, sampler: Schedule, expert: Schedule):
     """Sampler state (x, t) -> (x_e, t_e, expert coefficients) at equal signal-to-noise ratio."""
     t64 = torch.as_tensor(t, dtype=torch.float64, device="cpu")
     if same_schedule(sampler, expert):
         return x, t64, expert.coefficients(t64)
-    t_e = expert.t_from_log_snr(sampler.log_snr(t64))
+    t_e = snr_matched_time(t64, sampler, expert)
     cs, ce = sampler.coefficients(t64), expert.coefficients(t_e)
     scale = torch.sqrt(ce.alpha**2 + ce.sigma**2) / torch.sqrt(cs.alpha**2 + cs.sigma**2)
     return x * _bcast(scale, x), t_e, ce

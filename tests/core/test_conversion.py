@@ -140,3 +140,18 @@ def test_property_converted_velocity_is_finite(t, magnitude, prediction, schedul
     v_ideal = VelocityExpert(DATA.ideal_network(decl), decl, sampler=get_schedule(sampler))(
         x.double(), torch.full((3,), t, dtype=torch.float64))
     assert torch.isfinite(v_ideal).all()
+
+
+def test_snr_matched_time_cache_equals_direct_bisection():
+    from hddm_core.conversion import snr_matched_time
+    from hddm_core.schedules import DDPMLinearBeta
+
+    sampler, expert = LinearPath(), DDPMLinearBeta()
+    t = torch.tensor([0.9, 0.1, 0.9, 0.5, 0.0, 1.0, 0.1], dtype=torch.float64)
+    direct = expert.t_from_log_snr(sampler.log_snr(t))
+    for _ in range(2):  # the second call is served from the cache
+        got = snr_matched_time(t, sampler, expert)
+        assert torch.equal(got, direct)
+    # matched times have equal sigma/alpha (away from the expert's range ends)
+    inner = t[(t > 0) & (t < 0.99)]
+    assert torch.allclose(expert.log_snr(snr_matched_time(inner, sampler, expert)), sampler.log_snr(inner), atol=1e-9)
