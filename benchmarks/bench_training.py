@@ -26,19 +26,7 @@ from hddm_core.models import build_expert_model, count_parameters, expert_config
 from hddm_core.training.config import ExpertTrainConfig  # noqa: E402
 from hddm_core.training.expert_trainer import build_loop  # noqa: E402
 
-
-class InMemory(torch.utils.data.Dataset):
-    def __init__(self, n, c, s, length, width):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, c, s, s, generator=g)
-        self.tok = torch.randn(n, length, width, generator=g)
-        self.mask = torch.ones(n, length, dtype=torch.bool)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.tok[i], self.mask[i]
+from benchmarks.synthetic_data import SyntheticExpertData  # noqa: E402
 
 
 def reference_steps(model, opt, data, batch, steps, gen):
@@ -68,7 +56,7 @@ def main():
     args = ap.parse_args()
 
     mcfg = expert_config(args.preset)
-    data = InMemory(512, mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
+    data = SyntheticExpertData(512, mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
     total = args.steps * args.rounds
     cfg = ExpertTrainConfig(architecture=args.preset, latent_channels=mcfg.in_channels, latent_size=mcfg.input_size,
                             text_dim=mcfg.text_dim, steps=total, batch_size=args.batch, lr=1e-4, warmup_steps=10,

@@ -27,21 +27,9 @@ import torch  # noqa: E402
 from hddm_core.models import count_parameters, expert_config, flops_per_forward  # noqa: E402
 from hddm_core.training.config import ExpertTrainConfig  # noqa: E402
 from hddm_core.training.expert_trainer import build_loop  # noqa: E402
+
+from benchmarks.synthetic_data import SyntheticExpertData  # noqa: E402
 from hddm_core.training.loop import to_device  # noqa: E402
-
-
-class Synthetic(torch.utils.data.Dataset):
-    def __init__(self, n, c, s, length, width):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, c, s, s, generator=g)
-        self.tok = torch.randn(n, length, width, generator=g)
-        self.mask = torch.ones(n, length, dtype=torch.bool)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.tok[i], self.mask[i]
 
 
 def sig(value: float) -> float:
@@ -71,7 +59,7 @@ def matmul_peak(device, dtype, n: int, repeats: int = 10) -> float:
 
 def check(preset, args, device, peak_measured):
     mcfg = expert_config(preset, in_channels=args.channels, input_size=args.latent, text_dim=args.text_dim)
-    data = Synthetic(max(4 * args.batch, 64), mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
+    data = SyntheticExpertData(max(4 * args.batch, 64), mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
     cfg = ExpertTrainConfig(architecture=preset, latent_space="sd-vae" if args.channels == 4 else "pixel",
                             latent_channels=args.channels, latent_size=args.latent, image_resolution=args.latent * 8,
                             text_dim=args.text_dim, text_encoder="synthetic-tokens", steps=10**6,
