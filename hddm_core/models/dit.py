@@ -101,6 +101,21 @@ class CaptionProjection(nn.Module):
         return self.fc2(nn.functional.gelu(self.fc1(tokens), approximate="tanh"))
 
 
+def _build_embedders(model: nn.Module, c) -> None:
+    """Patchify, positions, timestep embedder (and the AdaLN-Single global MLP) for expert and router.
+
+    Keys match the public DiT layout (x_embedder, pos_embed, t_embedder) so checkpoints map onto them.
+    """
+    d = c.hidden_size
+    model.x_embedder = PatchEmbed(c.patch_size, c.in_channels, d)
+    # Fixed 2-D sin-cos positions, saved with the weights (DiT's pos_embed; transferred on import).
+    grid = c.input_size // c.patch_size
+    model.register_buffer("pos_embed", torch.tensor(sincos_pos_embed_2d(d, grid), dtype=torch.float32)[None])
+    model.t_embedder = TimestepEmbedder(d)
+    if c.adaln == "single":
+        model.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # the one global modulation MLP
+
+
 def _init_embedders(model: nn.Module) -> None:
     """DiT / PixArt initialisation shared by expert and router (DiT's initialize_weights)."""
     for module in model.modules():
@@ -129,13 +144,7 @@ class DiTExpert(nn.Module):
             raise ValueError(f"DiTExpert needs a DiTConfig, got {type(config).__name__}")
         self.config = c = config
         d = c.hidden_size
-        self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, d)
-        # Fixed 2-D sin-cos positions, saved with the weights (DiT's pos_embed; transferred on import).
-        grid = c.input_size // c.patch_size
-        self.register_buffer("pos_embed", torch.tensor(sincos_pos_embed_2d(d, grid), dtype=torch.float32)[None])
-        self.t_embedder = TimestepEmbedder(d)
-        if c.adaln == "single":
-            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # the one global modulation MLP
+        _build_embedders(self, c)
         self.caption_projection = CaptionProjection(c.text_dim, d)
         self.null_caption = nn.Parameter(torch.randn(c.text_dim) / c.text_dim**0.5)  # learned null token
         self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio, c.adaln, cross_attention=True)

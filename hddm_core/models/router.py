@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dit import DiTBlock, _init_embedders
-from .layers import LAYER_NORM_EPS, PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
+from .dit import DiTBlock, _build_embedders, _init_embedders
+from .layers import LAYER_NORM_EPS
 from .presets import RouterConfig
 
 
@@ -46,12 +46,7 @@ class Router(nn.Module):
             raise ValueError(f"Router needs a RouterConfig, got {type(config).__name__}")
         self.config = c = config
         d = c.hidden_size
-        self.x_embedder = PatchEmbed(c.patch_size, c.in_channels, d)
-        grid = c.input_size // c.patch_size
-        self.register_buffer("pos_embed", torch.tensor(sincos_pos_embed_2d(d, grid), dtype=torch.float32)[None])
-        self.t_embedder = TimestepEmbedder(d)
-        if c.adaln == "single":
-            self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        _build_embedders(self, c)
         if c.pool == "cls":
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio, c.adaln, cross_attention=False)
