@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hddm_core.conversion import ExpertDeclaration
+from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
 

@@ -50,7 +50,7 @@ def draw(out: str) -> str:
         ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color="#666", lw=1.2))
     ax.text(-0.6, 3.75, "HDDM pipeline: stages, artifacts (one root URL: local folder or s3://...), where each runs",
             fontsize=12, weight="bold")
-    ax.text(-0.6, -1.3, "Every stage: hddmp CLI in-process (hddm_core.stages) or a Prefect deployment (prefect.yaml). "
+    ax.text(-0.6, -1.3, "Every stage: hddmp CLI in-process (hddm_core.pipeline.stages) or a Prefect deployment (prefect.yaml). "
             "Stages exchange URIs and manifests only; an expert landing emits hddm.expert.landed -> evaluate.",
             fontsize=8.5, color="#333")
     for i, (name, colour) in enumerate([("CPU work pool", CPU), ("GPU work pool (process / Kubernetes)", GPU),

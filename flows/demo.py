@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from hddm_core.params import demo_params
+from hddm_core.pipeline.params import demo_params
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "NO_ALBUMENTATIONS_UPDATE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}

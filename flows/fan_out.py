@@ -6,8 +6,8 @@ import time
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from hddm_core import stages
-from hddm_core.stages import StageRef
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.stages import StageRef
 
 POLL_S = 5.0
 CRASH_GRACE_S = 120.0  # the crashed-run automation (infra/bootstrap.py) reschedules within this time

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from hddm_core import stages
-from hddm_core.params import PipelineParams, RegisterExpertParams
-from hddm_core.stages import StageRef
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.params import PipelineParams, RegisterExpertParams
+from hddm_core.pipeline.stages import StageRef
 
 from flows import stages as stage_flows
 from flows.fan_out import run_deployments

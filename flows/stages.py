@@ -1,4 +1,4 @@
-"""One flow per stage. Parameters are the pydantic models of hddm_core.params, so the Prefect UI
+"""One flow per stage. Parameters are the pydantic models of hddm_core.pipeline.params, so the Prefect UI
 renders a form (descriptions, enums, bounds) and invalid input is rejected before any work."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Optional
 
 from prefect import flow
 
-from hddm_core import stages
-from hddm_core.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams,
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams,
                               RecaptionParams, RegisterExpertParams, TrainExpertParams, TrainRouterParams)
-from hddm_core.stages import StageRef
+from hddm_core.pipeline.stages import StageRef
 from tasks import data, experts, training
 
 from flows.dask_runner import on_dask

@@ -1,6 +1,6 @@
 """Announcing a landed expert: the `hddm.expert.landed` Prefect event whose trigger runs its evaluation.
 
-The event is the register-expert flow's own (hddm_core.stages: EXPERT_LANDED_EVENT, landed_event_id:
+The event is the register-expert flow's own (hddm_core.pipeline.stages: EXPERT_LANDED_EVENT, landed_event_id:
 the same weights always give the same event id, so a repeated submission is one event to Prefect).
 With no Prefect API configured nothing is sent, and the message says so plainly.
 """
@@ -28,7 +28,7 @@ def _orchestration_emitter():
 
 def _ref(result: dict):
     """The register-expert stage's reference for a submitted expert (what its emitter reads)."""
-    from hddm_core.stages import StageRef, landed_event_id
+    from hddm_core.pipeline.stages import StageRef, landed_event_id
 
     return StageRef(stage="register-expert", uri=result["uri"], prefix=result["key"],
                     content_hash=result["weights_sha256"], key=result["weights_sha256"],
@@ -40,7 +40,7 @@ def emit_landed(ref) -> str:
     """The same event as tasks.experts.emit_landed (used when the repository's tasks/ is not importable)."""
     from prefect.events import emit_event
 
-    from hddm_core.stages import EXPERT_LANDED_EVENT
+    from hddm_core.pipeline.stages import EXPERT_LANDED_EVENT
 
     emit_event(EXPERT_LANDED_EVENT, id=uuid.UUID(ref.extra["event_id"]),
                resource={"prefect.resource.id": f"hddm.expert.{ref.content_hash}", "prefect.resource.name": ref.prefix},

@@ -39,12 +39,12 @@ class SampleParams(BaseModel):
 def _sample(args) -> int:
     import torch
 
-    from hddm_core.contributor import build_text_encoder
+    from hddm_core.contrib.contributor import build_text_encoder
     from hddm_core.data.cluster_data import training_inputs_info
-    from hddm_core.evaluation import _expert_folders, _routings
+    from hddm_core.pipeline.evaluation import _expert_folders, _routings
     from hddm_core.inference.ensemble_sampler import sample_ensemble
     from hddm_core.inference.loading import load_ensemble
-    from hddm_core.report import image_grid
+    from hddm_core.pipeline.report import image_grid
     from hddm_core.storage import open_store
 
     p: SampleParams = model_from_args(SampleParams, args.specs, args)
@@ -81,8 +81,8 @@ def _sample(args) -> int:
 
 
 def _study(args) -> int:
-    from hddm_core.report import write_report
-    from hddm_core.study import gaussian_study_inputs, print_table, run_study
+    from hddm_core.pipeline.report import write_report
+    from hddm_core.pipeline.study import gaussian_study_inputs, print_table, run_study
 
     if args.seeds < 16 or args.steps < 1:
         raise ValueError(f"--seeds must be >= 16 and --steps >= 1, got {args.seeds} and {args.steps}")

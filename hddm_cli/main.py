@@ -1,8 +1,8 @@
 """`hddmp`: the project's command line.
 
 One entry point over every stage and object. Stage options are generated from the pydantic models
-in hddm_core.params (the same ones the Prefect flows take); stages run in this process through
-hddm_core.stages without any Prefect server, or with --prefect as runs of their deployments.
+in hddm_core.pipeline.params (the same ones the Prefect flows take); stages run in this process through
+hddm_core.pipeline.stages without any Prefect server, or with --prefect as runs of their deployments.
 User errors end with one line on stderr and a non-zero exit code (HDDM_DEBUG=1 shows tracebacks).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_core(args: argparse.Namespace) -> int:
-    from hddm_core.demo_gaussian import run_gaussian_demo
+    from hddm_core.oracles.closed_form_demo import run_gaussian_demo
 
     out = os.path.abspath(args.out)
     results = run_gaussian_demo(out)
@@ -43,7 +43,7 @@ def _demo_core(args: argparse.Namespace) -> int:
 
 
 def _expert_inspect(args: argparse.Namespace) -> int:
-    from hddm_core.experts import inspect_checkpoint
+    from hddm_core.checkpoints.experts import inspect_checkpoint
 
     report = inspect_checkpoint(args.path)
     print(report)
@@ -53,7 +53,7 @@ def _expert_inspect(args: argparse.Namespace) -> int:
 def _expert_train(args: argparse.Namespace) -> int:
     """expert train; in a contribution work folder the run's clustering version is declared and the
     trained expert is recorded for `expert validate/submit --work`."""
-    from hddm_core import contributor
+    from hddm_core.contrib import contributor
 
     from .stage_commands import build_params, run_stage, TRAIN_EXPERT
     from .output import print_ref

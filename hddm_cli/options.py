@@ -1,4 +1,4 @@
-"""Command-line options generated from the pydantic parameter models (hddm_core.params): one
+"""Command-line options generated from the pydantic parameter models (hddm_core.pipeline.params): one
 definition, two faces. The flows take the same models, so the Prefect UI form and `hddmp --help`
 show the same names, descriptions, choices, bounds and defaults.
 

@@ -1,4 +1,4 @@
-"""Stage subcommands: the same pydantic parameters as the flows; run in-process (hddm_core.stages,
+"""Stage subcommands: the same pydantic parameters as the flows; run in-process (hddm_core.pipeline.stages,
 no Prefect server needed) or, with --prefect, submitted as a run of the matching deployment."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from .output import print_ref, progress_bar
 
 @dataclass(frozen=True)
 class StageCommand:
-    stage: str  # hddm_core.stages.STAGES key and deployment name
-    params: str  # class name in hddm_core.params
+    stage: str  # hddm_core.pipeline.stages.STAGES key and deployment name
+    params: str  # class name in hddm_core.pipeline.params
     help: str
     progress: Optional[str] = None  # progress bar label when the stage reports progress
     flow: Optional[str] = None  # Prefect flow/deployment name when it differs from the stage's (prefect.yaml)
@@ -45,7 +45,7 @@ EVALUATE = StageCommand("evaluate", "EvaluateParams", "sample every routing mode
 
 
 def params_class(name: str):
-    from hddm_core import params
+    from hddm_core.pipeline import params
 
     return getattr(params, name)
 
@@ -73,8 +73,8 @@ def build_params(args: argparse.Namespace, **overrides):
 
 
 def run_stage(cmd: StageCommand, params):
-    """Run in-process through hddm_core.stages, with a progress bar where the stage reports progress."""
-    from hddm_core import stages
+    """Run in-process through hddm_core.pipeline.stages, with a progress bar where the stage reports progress."""
+    from hddm_core.pipeline import stages
 
     fn = stages.STAGES[cmd.stage]
     if cmd.progress is None:

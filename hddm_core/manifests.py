@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import __version__
-from .storage import ArtifactStore
+from hddm_core import __version__
+from hddm_core.storage import ArtifactStore
 
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1

@@ -1,1 +1,1 @@
-"""Thin Prefect tasks around hddm_core.stages (a repository folder, run from the project root)."""
+"""Thin Prefect tasks around hddm_core.pipeline.stages (a repository folder, run from the project root)."""

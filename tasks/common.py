@@ -7,7 +7,7 @@ from typing import Optional
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from hddm_core import stages
+from hddm_core.pipeline import stages
 
 TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EHOSTUNREACH,
                     errno.ENETUNREACH, errno.EAGAIN}
@@ -39,7 +39,7 @@ def retry_transient(task, task_run, state) -> bool:
 
 def cache_key(stage: str):
     """cache_key_fn: artifact root + stage config + input content hashes, never run ids; only once the
-    store holds the finished result under that key (hddm_core.stages.reusable_key), so a cached
+    store holds the finished result under that key (hddm_core.pipeline.stages.reusable_key), so a cached
     result never points at outputs that are gone. `force` refreshes (refresh_cache)."""
 
     def key_fn(context, parameters) -> Optional[str]:

@@ -8,9 +8,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from hddm_core import stages
-from hddm_core.params import EvaluateParams, RegisterExpertParams
-from hddm_core.stages import EXPERT_LANDED_EVENT, StageRef
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.params import EvaluateParams, RegisterExpertParams
+from hddm_core.pipeline.stages import EXPERT_LANDED_EVENT, StageRef
 
 from .common import RETRY_DELAYS, Progress, retry_transient
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from hddm_core import stages
-from hddm_core.params import TrainExpertParams, TrainRouterParams
-from hddm_core.stages import StageRef
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.params import TrainExpertParams, TrainRouterParams
+from hddm_core.pipeline.stages import StageRef
 
 from .common import RETRY_DELAYS, Progress, cache_key, retry_transient
 

@@ -298,10 +298,10 @@ def cluster_stage(store, out_prefix: str, embed_prefix: str, config: ClusterConf
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
-    from . import cluster_report
-    from .embed import read_embeddings
-    from .sharded_stage import require_manifest
+    from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
+    from hddm_core.data import cluster_report
+    from hddm_core.data.embed import read_embeddings
+    from hddm_core.data.sharded_stage import require_manifest
 
     config = (config or ClusterConfig()).validate()
     embed_manifest = require_manifest(store, embed_prefix, "embed")
@@ -360,7 +360,7 @@ def read_assignments(store, prefix: str) -> dict[str, int]:
 
     import pyarrow.parquet as pq
 
-    from .sharded_stage import require_manifest
+    from hddm_core.data.sharded_stage import require_manifest
 
     require_manifest(store, prefix, STAGE)
     table = pq.read_table(io.BytesIO(store.read_bytes(f"{prefix}/{ASSIGNMENTS}")), columns=["key", "cluster"])

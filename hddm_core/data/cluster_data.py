@@ -14,9 +14,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..storage import ArtifactStore
-from .prepare import NULL_TEXT, ROUTER_STREAM, STAGE, cluster_stream
-from .sharded_stage import require_manifest
+from hddm_core.storage import ArtifactStore
+from hddm_core.data.prepare import NULL_TEXT, ROUTER_STREAM, STAGE, cluster_stream
+from hddm_core.data.sharded_stage import require_manifest
 
 
 def epoch_order(shard_sizes: list[int], seed: int, epoch: int) -> np.ndarray:

@@ -28,10 +28,10 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..manifests import (MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config,
+from hddm_core.manifests import (MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config,
                          hash_store_object, read_manifest, write_manifest)
-from ..storage import ArtifactStore
-from .safe_fetch import FetchGuard
+from hddm_core.storage import ArtifactStore
+from hddm_core.data.safe_fetch import FetchGuard
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _child_main(spec_path: str) -> None:
     i2d_main = importlib.import_module("img2dataset.main")  # the package re-exports a function named main
 
     if spec.get("guard") is not None:
-        from .safe_fetch import make_guarded_downloader_factory
+        from hddm_core.data.safe_fetch import make_guarded_downloader_factory
 
         guard = FetchGuard(**{**spec["guard"], "allow_hosts": tuple(spec["guard"]["allow_hosts"])})
         i2d_main.Downloader = make_guarded_downloader_factory(guard)

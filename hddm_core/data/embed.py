@@ -21,8 +21,8 @@ from typing import Iterable, Protocol
 
 import numpy as np
 
-from ..storage import ArtifactStore
-from .sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
+from hddm_core.storage import ArtifactStore
+from hddm_core.data.sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
 
 log = logging.getLogger(__name__)
 

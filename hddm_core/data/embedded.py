@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageChops, ImageDraw, ImageFont, features
 
-from ..manifests import StageManifest, completed, describe_outputs, hash_config, sha256_bytes, write_manifest
-from ..storage import ArtifactStore
+from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, sha256_bytes, write_manifest
+from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 

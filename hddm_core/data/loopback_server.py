@@ -14,7 +14,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ..storage import ArtifactStore, validate_key
+from hddm_core.storage import ArtifactStore, validate_key
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Iterable
 
 import numpy as np
 
-from ..storage import ArtifactStore
-from .sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
-from .text_encoders import NULL_CAPTION
+from hddm_core.storage import ArtifactStore
+from hddm_core.data.sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
+from hddm_core.data.text_encoders import NULL_CAPTION
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
     """Encode every clustered sample once into its cluster's shards and the router shards."""
     from safetensors.numpy import save
 
-    from .cluster import read_assignments
-    from ..compatibility import clustering_version_from_sha
-    from .recaption import read_captions
+    from hddm_core.data.cluster import read_assignments
+    from hddm_core.contrib.compatibility import clustering_version_from_sha
+    from hddm_core.data.recaption import read_captions
 
     config = (config or PrepareConfig()).validate()
     items, inputs = sample_source(store, source_prefix, samples, input_hash)
@@ -97,7 +97,7 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
     centroids = cluster_manifest.outputs.get("centroids.safetensors", {}).get("sha256")
     full_config = {"latent": latent_space.describe(), "text": text_encoder.describe(),
                    "n_clusters": int(cluster_manifest.config["n_clusters"]),
-                   # the run's clustering identity (hddm_core.compatibility): experts declare it
+                   # the run's clustering identity (hddm_core.contrib.compatibility): experts declare it
                    "clustering_version": clustering_version_from_sha(centroids) if centroids else None,
                    "caption_source": "recaption" if captions_prefix else "original",
                    "batch_size": config.batch_size, "shard_size": config.shard_size}

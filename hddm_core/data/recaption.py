@@ -18,8 +18,8 @@ from typing import Iterable, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage import ArtifactStore
-from .sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
+from hddm_core.storage import ArtifactStore
+from hddm_core.data.sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
 
 log = logging.getLogger(__name__)
 

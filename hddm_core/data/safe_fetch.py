@@ -287,7 +287,7 @@ def make_guarded_downloader_factory(guard: FetchGuard):
     guard = guard.validate()
 
     def factory(**kwargs):
-        from . import safe_fetch
+        from hddm_core.data import safe_fetch
 
         obj = safe_fetch.GuardedDownloader(**kwargs)
         obj.guard = guard

@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest, MANIFEST_NAME
-from ..storage import ArtifactStore
+from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest, MANIFEST_NAME
+from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def sample_source(store: ArtifactStore, source_prefix: str | None = None, sample
     if (source_prefix is None) == (samples is None):
         raise ValueError("give exactly one of source_prefix (a download stage prefix) or samples (an iterable)")
     if source_prefix is not None:
-        from .shards import iter_download_samples
+        from hddm_core.data.shards import iter_download_samples
 
         manifest = read_manifest(store, source_prefix)
         if manifest is None:

@@ -17,8 +17,8 @@ from typing import Iterator
 
 from PIL import Image
 
-from ..manifests import read_manifest
-from ..storage import ArtifactStore
+from hddm_core.manifests import read_manifest
+from hddm_core.storage import ArtifactStore
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 

@@ -5,7 +5,7 @@ Per step at sampler time t (HDDM paper, sec. 3; Euler on the linear path, t = 1 
 2. Weights w [B, K] from the routing mode (routing.py); zero = expert not run for that sample.
 3. For each expert k with a non-zero column: gather its samples (one batched call per expert),
    with classifier-free guidance the conditional and unconditional rows go in the same call,
-   and convert its prediction to a velocity through hddm_core.conversion (with safeguards).
+   and convert its prediction to a velocity through hddm_core.diffusion.conversion (with safeguards).
 4. v = sum_k w_k v_k;  x_{t - dt} = x_t - v dt.
 Cost of a step = one router call + sum over selected (sample, expert) pairs of expert rows
 (x2 with guidance); never K x batch unless the routing mode selects every expert.
@@ -19,13 +19,13 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..conversion import ExpertDeclaration, map_to_expert_frame, velocity_from_prediction
-from ..safeguards import Safeguards, SafeguardStats
-from ..sampling import concat_conditions, per_sample_noise, time_grid
-from ..schedules import LinearPath, PathCoefficients, Schedule, get_schedule
-from ..time_inputs import network_time
-from .pool import EnsembleMember, ExpertPool, condition_batch, index_condition
-from .routing import Routing, entropy, routing_weights
+from hddm_core.diffusion.conversion import ExpertDeclaration, map_to_expert_frame, velocity_from_prediction
+from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
+from hddm_core.diffusion.sampling import concat_conditions, per_sample_noise, time_grid
+from hddm_core.diffusion.schedules import LinearPath, PathCoefficients, Schedule, get_schedule
+from hddm_core.diffusion.time_inputs import network_time
+from hddm_core.inference.pool import EnsembleMember, ExpertPool, condition_batch, index_condition
+from hddm_core.inference.routing import Routing, entropy, routing_weights
 
 log = logging.getLogger(__name__)
 Router = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # router(x [B, ...], t_net [B]) -> logits [B, K]
@@ -98,7 +98,7 @@ def _stats_row(stats: SafeguardStats) -> torch.Tensor:
 
 def velocity_at_shared_t(network, x: torch.Tensor, t: float, cond: Any, *, declaration: ExpertDeclaration,
                          sampler: Schedule, guard: Safeguards):
-    """hddm_core.conversion.expert_velocity for a batch that shares one time t (every Euler step).
+    """hddm_core.diffusion.conversion.expert_velocity for a batch that shares one time t (every Euler step).
 
     Same algebra and safeguards; the schedule mapping (SNR matching, a bisection for VP schedules)
     runs once per call instead of once per row.

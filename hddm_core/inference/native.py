@@ -12,12 +12,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..conversion import ExpertDeclaration, Network
-from ..predictions import get_prediction
-from ..safeguards import Safeguards, SafeguardStats
-from ..sampling import concat_conditions, per_sample_noise, time_grid
-from ..schedules import get_schedule
-from ..time_inputs import network_time
+from hddm_core.diffusion.conversion import ExpertDeclaration, Network
+from hddm_core.diffusion.predictions import get_prediction
+from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
+from hddm_core.diffusion.sampling import concat_conditions, per_sample_noise, time_grid
+from hddm_core.diffusion.schedules import get_schedule
+from hddm_core.diffusion.time_inputs import network_time
 
 
 def native_ddim_sample(network: Network, declaration: ExpertDeclaration, seeds: Sequence[int], shape: Sequence[int], *,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..conversion import ExpertDeclaration, Network
+from hddm_core.diffusion.conversion import ExpertDeclaration, Network
 
 log = logging.getLogger(__name__)
 COMPAT_FIELDS = ("latent_space", "text_encoder")

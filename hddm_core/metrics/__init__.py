@@ -3,6 +3,6 @@
 Every metric returns a MetricResult: a value with its exact name, or status "unavailable" with the
 reason (missing weights), never a number computed with random weights.
 """
-from .result import MetricResult
+from hddm_core.metrics.result import MetricResult
 
 __all__ = ["MetricResult"]

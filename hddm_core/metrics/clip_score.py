@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .fid import to_pil_images
-from .result import MetricResult
+from hddm_core.metrics.fid import to_pil_images
+from hddm_core.metrics.result import MetricResult
 
 log = logging.getLogger(__name__)
 SCALE = 100.0

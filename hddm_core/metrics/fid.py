@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .result import MetricResult
+from hddm_core.metrics.result import MetricResult
 
 log = logging.getLogger(__name__)
 INCEPTION_DIM = 2048

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .result import MetricResult
+from hddm_core.metrics.result import MetricResult
 
 log = logging.getLogger(__name__)
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1

@@ -7,7 +7,7 @@ and every block i adds its own learned table E_i (scale_shift_table, [6, D]):
 The final layer uses (shift, scale) = E_final + t_emb. Text conditions the network through
 cross-attention after self-attention (no norm, no gate: PixArt's block). Time enters only through
 t_emb, so the backbone knows nothing of the objective: it reads whatever number the expert's
-time-input convention produces (hddm_core.time_inputs.network_time).
+time-input convention produces (hddm_core.diffusion.time_inputs.network_time).
 
 Classifier-free guidance: `null_cond(B)` is a LEARNED null caption, one D_text vector repeated
 over the sequence (DiT keeps an extra learned "null class" row; PixArt a learned y_embedding).
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import (LAYER_NORM_EPS, CrossAttention, Mlp, PatchEmbed, SelfAttention, TimestepEmbedder,
+from hddm_core.models.layers import (LAYER_NORM_EPS, CrossAttention, Mlp, PatchEmbed, SelfAttention, TimestepEmbedder,
                      modulate, sincos_pos_embed_2d, unpatchify)
-from .presets import DiTConfig
+from hddm_core.models.presets import DiTConfig
 
 Cond = Any  # [B, L, D_text] tensor | {"tokens": [B, L, D_text], "mask": [B, L] bool (optional)} | None
 

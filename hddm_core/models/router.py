@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dit import DiTBlock, _build_embedders, _init_embedders
-from .layers import LAYER_NORM_EPS
-from .presets import RouterConfig
+from hddm_core.models.dit import DiTBlock, _build_embedders, _init_embedders
+from hddm_core.models.layers import LAYER_NORM_EPS
+from hddm_core.models.presets import RouterConfig
 
 
 class RouterHead(nn.Module):

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..storage import ArtifactStore
+from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..objectives import OBJECTIVES
-from ..schedules import SCHEDULES
-from ..time_inputs import TIME_INPUTS
+from hddm_core.diffusion.objectives import OBJECTIVES
+from hddm_core.diffusion.schedules import SCHEDULES
+from hddm_core.diffusion.time_inputs import TIME_INPUTS
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES_PREFIXES = ("cpu", "cuda", "mps")
@@ -128,7 +128,7 @@ class ExpertTrainConfig(LoopConfig):
     """One expert, one cluster, one device (HDDM sec. 3: zero communication between experts)."""
 
     cluster_id: int = 0
-    objective: str = "flow-matching"  # ddpm-eps | flow-matching | x0 (hddm_core.objectives)
+    objective: str = "flow-matching"  # ddpm-eps | flow-matching | x0 (hddm_core.diffusion.objectives)
     schedule: str | None = None  # None = the objective's own; else a schedules.SCHEDULES name
     time_input: str | None = None  # None = the objective's own
     architecture: str = "tiny"  # preset name in hddm_core.models
@@ -141,7 +141,7 @@ class ExpertTrainConfig(LoopConfig):
     text_dim: int = 384
     caption_dropout: float = 0.1  # probability of the model's learned null caption (CFG training)
     init: str = INIT_SCRATCH  # "scratch" or a path/URI of a converted ImageNet DiT expert checkpoint
-    clustering_version: str | None = None  # the run's clustering (hddm_core.compatibility); declared in the manifest
+    clustering_version: str | None = None  # the run's clustering (hddm_core.contrib.compatibility); declared in the manifest
 
     def __post_init__(self):
         super().__post_init__()

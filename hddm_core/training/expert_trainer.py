@@ -5,7 +5,7 @@
 The dataset yields (latent [C, H, W], text tokens [L, D], mask [L]) for its own cluster only;
 nothing else is read and nothing is communicated. The run folder (any ArtifactStore URL) holds
 checkpoints/ (full resumable state, see checkpointing.py) and, once finished, expert/ (the
-self-describing expert with EMA weights, via hddm_core.experts). Calling train_expert again on
+self-describing expert with EMA weights, via hddm_core.checkpoints.experts). Calling train_expert again on
 the same folder resumes from the latest complete checkpoint; a finished run returns at once.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..objectives import Objective, get_objective
-from ..storage import ArtifactStore
-from . import rng_state
-from .config import INIT_SCRATCH, ExpertTrainConfig
-from .loop import TrainingLoop, TrainResult
-from .loss_plot import loss_curve_png
+from hddm_core.diffusion.objectives import Objective, get_objective
+from hddm_core.storage import ArtifactStore
+from hddm_core.training import rng_state
+from hddm_core.training.config import INIT_SCRATCH, ExpertTrainConfig
+from hddm_core.training.loop import TrainingLoop, TrainResult
+from hddm_core.training.loss_plot import loss_curve_png
 
 log = logging.getLogger(__name__)
 ModelFactory = Callable[[ExpertTrainConfig], nn.Module]
@@ -32,8 +32,8 @@ EXPERT_PREFIX = "expert"
 
 def default_model_factory(config: ExpertTrainConfig) -> nn.Module:
     """The DiT expert for config.architecture, sized to the config's latents and text encoder."""
-    from ..models.dit import build_expert_model
-    from ..models.presets import expert_config
+    from hddm_core.models.dit import build_expert_model
+    from hddm_core.models.presets import expert_config
 
     return build_expert_model(expert_config(config.architecture, in_channels=config.latent_channels,
                                             input_size=config.latent_size, text_dim=config.text_dim))
@@ -101,8 +101,8 @@ def check_dataset(config: ExpertTrainConfig, dataset) -> None:
 
 
 def load_init(model: nn.Module, init: str) -> None:
-    """Initialise from a converted ImageNet DiT expert (safetensors + manifest, hddm_core.experts)."""
-    from ..experts import load_expert
+    """Initialise from a converted ImageNet DiT expert (safetensors + manifest, hddm_core.checkpoints.experts)."""
+    from hddm_core.checkpoints.experts import load_expert
 
     loaded = load_expert(init)  # validated: schema, shapes, hash, finiteness; never unpickled
     state = loaded.model.state_dict()
@@ -167,8 +167,8 @@ def ema_model(loop: TrainingLoop) -> nn.Module:
 
 
 def export_expert(loop: TrainingLoop, config: ExpertTrainConfig, store: ArtifactStore, *, data_hash: str = "") -> str:
-    """EMA weights as a self-describing expert under <run>/expert (hddm_core.experts.save_expert)."""
-    from ..experts import save_expert
+    """EMA weights as a self-describing expert under <run>/expert (hddm_core.checkpoints.experts.save_expert)."""
+    from hddm_core.checkpoints.experts import save_expert
 
     fields = {
         "objective": config.objective, **config.objective_overrides(),

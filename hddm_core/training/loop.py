@@ -31,14 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
-from .. import __version__
-from ..storage import ArtifactStore
-from . import rng_state
-from .checkpointing import Checkpoint, CheckpointManager, optimizer_from_tensors, optimizer_to_tensors
-from .config import LoopConfig
-from .ema import EMA
-from .guards import BadStep, LossGuard, all_finite
-from .loss_plot import loss_curve_png
+from hddm_core import __version__
+from hddm_core.storage import ArtifactStore
+from hddm_core.training import rng_state
+from hddm_core.training.checkpointing import Checkpoint, CheckpointManager, optimizer_from_tensors, optimizer_to_tensors
+from hddm_core.training.config import LoopConfig
+from hddm_core.training.ema import EMA
+from hddm_core.training.guards import BadStep, LossGuard, all_finite
+from hddm_core.training.loss_plot import loss_curve_png
 
 log = logging.getLogger(__name__)
 LossFn = Callable[[Callable, nn.Module, Any, torch.Generator], torch.Tensor]

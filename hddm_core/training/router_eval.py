@@ -12,8 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..schedules import get_schedule
-from ..time_inputs import network_time
+from hddm_core.diffusion.schedules import get_schedule
+from hddm_core.diffusion.time_inputs import network_time
 
 ECE_BINS = 15
 

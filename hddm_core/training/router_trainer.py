@@ -3,7 +3,7 @@
 Each step: sample t, noise the clean latent on the sampler's path (linear: x_t = (1 - t) x0 + t eps),
 and minimise the cross-entropy against the sample's cluster label. The same resumable,
 deterministic loop as the experts (loop.py). When done: the EMA router is saved self-describing
-(hddm_core.experts.save_router) with its evaluation (accuracy / ECE / NLL per t bucket,
+(hddm_core.checkpoints.experts.save_router) with its evaluation (accuracy / ECE / NLL per t bucket,
 confusion matrices) as JSON and a picture beside it.
 """
 from __future__ import annotations
@@ -17,23 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..objectives import sample_time
-from ..schedules import get_schedule
-from ..storage import ArtifactStore
-from ..time_inputs import network_time
-from . import rng_state
-from .config import RouterTrainConfig
-from .loop import TrainingLoop, TrainResult
-from .loss_plot import loss_curve_png
-from .router_eval import evaluate_router, router_report_png
+from hddm_core.diffusion.objectives import sample_time
+from hddm_core.diffusion.schedules import get_schedule
+from hddm_core.storage import ArtifactStore
+from hddm_core.diffusion.time_inputs import network_time
+from hddm_core.training import rng_state
+from hddm_core.training.config import RouterTrainConfig
+from hddm_core.training.loop import TrainingLoop, TrainResult
+from hddm_core.training.loss_plot import loss_curve_png
+from hddm_core.training.router_eval import evaluate_router, router_report_png
 
 log = logging.getLogger(__name__)
 ROUTER_PREFIX = "router"
 
 
 def default_router_factory(config: RouterTrainConfig) -> nn.Module:
-    from ..models.presets import router_config
-    from ..models.router import build_router
+    from hddm_core.models.presets import router_config
+    from hddm_core.models.router import build_router
 
     return build_router(router_config(config.architecture, config.num_clusters, in_channels=config.latent_channels,
                                       input_size=config.latent_size))
@@ -115,7 +115,7 @@ def train_router(config: RouterTrainConfig, dataset, store: ArtifactStore | str,
 
 def save_router_artifacts(loop: TrainingLoop, router: nn.Module, config: RouterTrainConfig, store: ArtifactStore,
                           report: dict, data_hash: str) -> str:
-    from ..experts import save_router
+    from hddm_core.checkpoints.experts import save_router
 
     summary = {f"acc_t{r['t_lo']:.1f}-{r['t_hi']:.1f}": round(r["accuracy"], 4) for r in report["buckets"]}
     fields = {"latent_space": config.latent_space, "latent_scale": float(config.latent_scale),

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from hddm_cli.main import build_parser, main
-from hddm_core import params as P
+from hddm_core.pipeline import params as P
 from tests.cli.docs_blocks import hddmp_lines, named_block
 
 

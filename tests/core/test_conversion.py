@@ -6,11 +6,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hddm_core.conversion import ExpertDeclaration, VelocityExpert, expert_velocity
-from hddm_core.gaussian import GaussianData
-from hddm_core.safeguards import Safeguards
-from hddm_core.schedules import LinearPath
-from hddm_core.time_inputs import TIME_INPUTS
+from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert, expert_velocity
+from hddm_core.oracles.gaussian import GaussianData
+from hddm_core.diffusion.safeguards import Safeguards
+from hddm_core.diffusion.schedules import LinearPath
+from hddm_core.diffusion.time_inputs import TIME_INPUTS
 
 DATA = GaussianData(mean=0.5, std=0.7)
 PREDICTIONS = ["eps", "velocity", "x0"]
@@ -127,7 +127,7 @@ def test_declaration_rejects_unknown_names():
     out_scale=st.floats(0.0, 1e4),
 )
 def test_property_converted_velocity_is_finite(t, magnitude, prediction, schedule, time_input, sampler, out_scale):
-    from hddm_core.schedules import get_schedule
+    from hddm_core.diffusion.schedules import get_schedule
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 5, generator=g) * magnitude
@@ -143,8 +143,8 @@ def test_property_converted_velocity_is_finite(t, magnitude, prediction, schedul
 
 
 def test_snr_matched_time_cache_equals_direct_bisection():
-    from hddm_core.conversion import snr_matched_time
-    from hddm_core.schedules import DDPMLinearBeta
+    from hddm_core.diffusion.conversion import snr_matched_time
+    from hddm_core.diffusion.schedules import DDPMLinearBeta
 
     sampler, expert = LinearPath(), DDPMLinearBeta()
     t = torch.tensor([0.9, 0.1, 0.9, 0.5, 0.0, 1.0, 0.1], dtype=torch.float64)

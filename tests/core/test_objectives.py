@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from hddm_core.conversion import ExpertDeclaration
-from hddm_core.gaussian import GaussianData
-from hddm_core.objectives import OBJECTIVES, get_objective, sample_time, x0_error_weight
-from hddm_core.predictions import get_prediction
-from hddm_core.safeguards import Safeguards, SafeguardStats
-from hddm_core.schedules import get_schedule
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.oracles.gaussian import GaussianData
+from hddm_core.diffusion.objectives import OBJECTIVES, get_objective, sample_time, x0_error_weight
+from hddm_core.diffusion.predictions import get_prediction
+from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
+from hddm_core.diffusion.schedules import get_schedule
 
 DATA = GaussianData(mean=0.5, std=0.7)
 

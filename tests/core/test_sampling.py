@@ -4,10 +4,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hddm_core.conversion import ExpertDeclaration, VelocityExpert
-from hddm_core.gaussian import GaussianData
-from hddm_core.sampling import (classifier_free_guidance, euler_sample, per_sample_noise, time_grid)
-from hddm_core.schedules import LinearPath
+from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.oracles.gaussian import GaussianData
+from hddm_core.diffusion.sampling import (classifier_free_guidance, euler_sample, per_sample_noise, time_grid)
+from hddm_core.diffusion.schedules import LinearPath
 
 DATA = GaussianData(mean=0.5, std=0.7)
 N_SAMPLES, DIM = 4096, 16  # 65,536 draws: standard error of the std estimate ~0.3%

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hddm_core.schedules import CosineVP, DDPMLinearBeta, LinearPath, get_schedule
+from hddm_core.diffusion.schedules import CosineVP, DDPMLinearBeta, LinearPath, get_schedule
 
 ALL = [LinearPath(), DDPMLinearBeta(), CosineVP()]
 INTERIOR = torch.tensor([0.01, 0.2, 0.37, 0.5, 0.73, 0.9], dtype=torch.float64)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from hddm_core.conversion import ExpertDeclaration
-from hddm_core.inference.gaussian_mixture import GaussianMixture
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.oracles.gaussian_mixture import GaussianMixture
 from hddm_core.inference.pool import EnsembleMember
 
 MIXED = [

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from hddm_core.conversion import ExpertDeclaration, expert_velocity
+from hddm_core.diffusion.conversion import ExpertDeclaration, expert_velocity
 from hddm_core.inference import EnsembleMember, Routing, check_compatible, sample_ensemble
-from hddm_core.schedules import LinearPath
+from hddm_core.diffusion.schedules import LinearPath
 
 B, STEPS = 24, 6
 
@@ -44,7 +44,7 @@ def test_guidance_equals_two_separate_passes():
     grid = torch.tensor([0.8, 0.7], dtype=torch.float64)
     res = sample_ensemble([EnsembleMember("e", decl, net)], list(range(5)), (2,), routing=Routing.fixed([1]),
                           cond=cond, null_cond=null, cfg_scale=4.0, grid=grid, dtype=torch.float64)
-    from hddm_core.sampling import per_sample_noise
+    from hddm_core.diffusion.sampling import per_sample_noise
 
     x = per_sample_noise(list(range(5)), (2,), dtype=torch.float64) * 0.8
     t = torch.full((5,), 0.8, dtype=torch.float64)

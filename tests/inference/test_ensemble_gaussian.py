@@ -12,10 +12,10 @@ monolith which shares it).
 import pytest
 import torch
 
-from hddm_core.conversion import ExpertDeclaration
+from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
 from hddm_core.inference.native import native_ddim_sample
-from hddm_core.safeguards import Safeguards
+from hddm_core.diffusion.safeguards import Safeguards
 
 N = 1500
 SEEDS = list(range(N))

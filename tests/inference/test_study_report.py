@@ -4,9 +4,9 @@ import json
 import torch
 from PIL import Image
 
-from hddm_core.report import EvaluationResults, VariantResult, image_grid, write_report
+from hddm_core.pipeline.report import EvaluationResults, VariantResult, image_grid, write_report
 from hddm_core.metrics.result import MetricResult
-from hddm_core.study import gaussian_study_inputs, run_study
+from hddm_core.pipeline.study import gaussian_study_inputs, run_study
 
 
 def test_study_runs_every_comparison_and_writes_a_report(tmp_path, capsys):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hddm_core.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
 from hddm_core.models import (PRESET_NAMES, DiTConfig, RouterConfig, build_expert_model, build_router, expert_config,
                               flops_per_forward, router_config)
-from hddm_core.objectives import get_objective
+from hddm_core.diffusion.objectives import get_objective
 
 from .conftest import randomize
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hddm_core.dit_import import (convert_dit_checkpoint, convert_dit_state_dict, import_dit_expert,
+from hddm_core.checkpoints.dit_import import (convert_dit_checkpoint, convert_dit_state_dict, import_dit_expert,
                                   inspect_dit_state_dict, load_dit_state_dict)
-from hddm_core.experts import load_expert, velocity_expert_from_loaded
+from hddm_core.checkpoints.experts import load_expert, velocity_expert_from_loaded
 from hddm_core.models import build_expert_model
-from hddm_core.objectives import get_objective
+from hddm_core.diffusion.objectives import get_objective
 
 from .reference_dit import ReferenceDiT
 

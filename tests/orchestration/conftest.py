@@ -20,7 +20,7 @@ def _one_torch_thread():
 
 def tiny_params(root: str, **overrides):
     """The pipeline at the smallest size that still runs every stage for real."""
-    from hddm_core.params import (ClusterParams, DownloadParams, EmbeddedParams, EmbedParams, EvaluateParams,
+    from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbeddedParams, EmbedParams, EvaluateParams,
                                   PipelineParams, PrepareParams, TrainingParams, TrainRouterParams)
 
     training = TrainingParams(architecture="tiny-16", steps=4, batch_size=4, checkpoint_interval=2, ema_decay=0.5)

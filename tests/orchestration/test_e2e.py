@@ -64,7 +64,7 @@ def test_pipeline_deployment_and_exactly_once_evaluation(stack):
     from prefect.deployments import run_deployment
     from prefect.events import emit_event
 
-    from hddm_core.stages import EXPERT_LANDED_EVENT, landed_event_id
+    from hddm_core.pipeline.stages import EXPERT_LANDED_EVENT, landed_event_id
 
     s, root = stack
     params = tiny_params(root, train_deployment="train-expert/train-expert")

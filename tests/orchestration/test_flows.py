@@ -34,7 +34,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(first_run):
 @pytest.mark.slow
 def test_second_run_reuses_finished_stages(first_run):
     from flows.pipeline import pipeline
-    from hddm_core import stages
+    from hddm_core.pipeline import stages
 
     root, result = first_run
     mtime = os.path.getmtime(os.path.join(root, "download", "_manifest.json"))
@@ -62,7 +62,7 @@ def test_map_stage_runs_on_a_dask_cluster_with_gpu_resources(prefect_harness, tm
     from prefect import task
 
     from flows.dask_runner import on_dask
-    from hddm_core.params import EmbedParams
+    from hddm_core.pipeline.params import EmbedParams
     from infra.dask.local_cluster import local_cluster
 
     @task(timeout_seconds=120)

@@ -2,7 +2,7 @@
 import pytest
 from pydantic import ValidationError
 
-from hddm_core import params as P
+from hddm_core.pipeline import params as P
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", "", ".hidden", "a\\b", "s3://x", "x" * 200])

@@ -5,13 +5,13 @@ import uuid
 import pytest
 import torch
 
-from hddm_core import stages
-from hddm_core.params import RegisterExpertParams, TrainExpertParams
+from hddm_core.pipeline import stages
+from hddm_core.pipeline.params import RegisterExpertParams, TrainExpertParams
 from tasks import common
 
 
 def _tiny_expert(folder, objective="flow-matching", cluster_id=1):
-    from hddm_core.experts import save_expert
+    from hddm_core.checkpoints.experts import save_expert
     from hddm_core.models.dit import build_expert_model
     from hddm_core.models.presets import expert_config
 
@@ -54,7 +54,7 @@ def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, eve
 
 
 def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events):
-    from hddm_core.experts import PickleRefused
+    from hddm_core.checkpoints.experts import PickleRefused
     from tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")
@@ -91,7 +91,7 @@ def test_cache_key_is_content_addressed(tmp_path):
     """Stage keys: config + input content hashes (force and the root are not config); Prefect cache
     keys exist only while the store holds the finished result under that key."""
     from hddm_core.manifests import StageManifest, hash_config, write_manifest
-    from hddm_core.params import ClusterParams
+    from hddm_core.pipeline.params import ClusterParams
     from hddm_core.storage import ArtifactStore
 
     root = str(tmp_path)

@@ -51,8 +51,8 @@ from typing import Mapping
 
 import torch
 
-from .models.dit import DiTExpert, build_expert_model
-from .models.presets import WIDTHS, DiTConfig
+from hddm_core.models.dit import DiTExpert, build_expert_model
+from hddm_core.models.presets import WIDTHS, DiTConfig
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def convert_dit_state_dict(sd: Mapping[str, torch.Tensor], *, text_dim: int, num
             report.dropped[_NULL_KEY] = "class labels do not exist for text"
 
     # c* = c(t*) in float64, through the source time embedder (+ the folded null class)
-    from .models.layers import timestep_embedding
+    from hddm_core.models.layers import timestep_embedding
 
     freq = timestep_embedding(torch.tensor([float(t_star)])).double()  # [1, 256]
     hid = torch.nn.functional.silu(freq @ sd["t_embedder.mlp.0.weight"].double().T + sd["t_embedder.mlp.0.bias"].double())
@@ -302,9 +302,9 @@ def import_dit_expert(source_path: str, store_or_dir, key_prefix: str, *, object
     The manifest declares time_input='discrete-999' (the network reads round(999 t), as DiT did)
     whatever the objective; keep_eps_head is only allowed for eps-predicting objectives.
     """
-    from .experts import save_expert
-    from .manifests import sha256_bytes
-    from .objectives import get_objective
+    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.manifests import sha256_bytes
+    from hddm_core.diffusion.objectives import get_objective
 
     declared = get_objective(objective, time_input=DIT_TIME_INPUT)
     if keep_eps_head and declared.prediction != "eps":

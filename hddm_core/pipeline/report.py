@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics.result import MetricResult
-from .metrics.usage import usage_summary
-from .storage import ArtifactStore
+from hddm_core.metrics.result import MetricResult
+from hddm_core.metrics.usage import usage_summary
+from hddm_core.storage import ArtifactStore
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..conversion import ExpertDeclaration
-from ..gaussian import GaussianData
-from ..predictions import _bcast
-from ..schedules import LinearPath, Schedule, get_schedule
-from ..time_inputs import continuous_time
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.oracles.gaussian import GaussianData
+from hddm_core.diffusion.predictions import _bcast
+from hddm_core.diffusion.schedules import LinearPath, Schedule, get_schedule
+from hddm_core.diffusion.time_inputs import continuous_time
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedules import NUM_TRAIN_STEPS
+from hddm_core.diffusion.schedules import NUM_TRAIN_STEPS
 
 
 def _discrete_999(t: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import torch
 
-from .predictions import Prediction, _bcast, get_prediction
-from .safeguards import Safeguards, SafeguardStats
-from .schedules import LinearPath, Schedule, get_schedule
-from .time_inputs import check_time_input, network_time
+from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction
+from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
+from hddm_core.diffusion.schedules import LinearPath, Schedule, get_schedule
+from hddm_core.diffusion.time_inputs import check_time_input, network_time
 
 # network(x_e [B, ...], net_t [B], cond) -> prediction [B, ...]
 Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .schedules import LinearPath, Schedule
+from hddm_core.diffusion.schedules import LinearPath, Schedule
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 GRIDS = ("uniform", "shifted")

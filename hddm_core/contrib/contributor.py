@@ -6,7 +6,7 @@ path, each step a plain function (the `hddmp contrib ...` commands call them):
     card = fetch_clustering(run_url, "my-hddm/clustering")      # centroids + the run's settings
     assign_contribution("my-hddm/clustering", {"images": "photos/"}, "my-hddm/work")
     prepare_contribution("my-hddm/work")                        # the run's latent/text settings
-    ... train with hddmp expert train --artifact-root my-hddm/work ... (hddm_core.stages)
+    ... train with hddmp expert train --artifact-root my-hddm/work ... (hddm_core.pipeline.stages)
     submit_expert(expert_dir, "my-hddm/clustering", name="alice-cats")  # checks, then stores
 
 Work folder layout (an ArtifactStore, any URL): embed/ and cluster/ (the contributor's own images
@@ -28,10 +28,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import __version__
-from .compatibility import RunExpectations, clustering_version_from_sha, expert_checks
-from .manifests import MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config, write_manifest
-from .storage import ArtifactStore, redact_url, validate_key
+from hddm_core import __version__
+from hddm_core.contrib.compatibility import RunExpectations, clustering_version_from_sha, expert_checks
+from hddm_core.manifests import MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config, write_manifest
+from hddm_core.storage import ArtifactStore, redact_url, validate_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ SOURCE_KINDS = ("images", "shard", "download")
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Stage prefixes of a published run (hddm_core.params defaults)."""
+    """Stage prefixes of a published run (hddm_core.pipeline.params defaults)."""
 
     embed: str = "embed"
     cluster: str = "cluster"
@@ -86,8 +86,8 @@ def fetch_clustering(run_url: str, out_dir: str, *, layout: RunLayout | None = N
                      storage_options: dict | None = None) -> dict:
     """Copy a published run's clustering and settings into out_dir (centroids.safetensors, then
     clustering.json last). Reads only finished stages (their manifests); returns the card."""
-    from .data.cluster import load_centroids
-    from .data.sharded_stage import require_manifest
+    from hddm_core.data.cluster import load_centroids
+    from hddm_core.data.sharded_stage import require_manifest
 
     layout = layout or RunLayout()
     run = ArtifactStore(run_url, storage_options)
@@ -160,7 +160,7 @@ def _folder_files(folder: str) -> list[str]:
 def _folder_samples(folder: str, files: list[str]) -> Iterator:
     from PIL import Image
 
-    from .data.shards import Sample
+    from hddm_core.data.shards import Sample
 
     for path in files:
         with Image.open(path) as im:
@@ -199,7 +199,7 @@ def open_source(source: dict) -> tuple[Callable[[], Iterable], str, int | None]:
     if kind == "shard":
         import fsspec
 
-        from .data.shards import iter_tar_samples
+        from hddm_core.data.shards import iter_tar_samples
 
         with fsspec.open(location, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -209,8 +209,8 @@ def open_source(source: dict) -> tuple[Callable[[], Iterable], str, int | None]:
                 yield from iter_tar_samples(f)
 
         return samples, digest, None
-    from .data.shards import count_download_samples, iter_download_samples
-    from .manifests import read_manifest
+    from hddm_core.data.shards import count_download_samples, iter_download_samples
+    from hddm_core.manifests import read_manifest
 
     parent_url, prefix = _split_url(location)
     parent = ArtifactStore(parent_url)
@@ -233,7 +233,7 @@ def _split_url(location: str) -> tuple[str, str]:
 def build_embedder(description: dict, *, device: str | None = None, model_path: str | None = None):
     """The run's image embedder from its manifest description; model_path overrides where the
     weights are read from (a local copy of the same model)."""
-    from .data.embed import Dinov2Embedder, InceptionFidEmbedder
+    from hddm_core.data.embed import Dinov2Embedder, InceptionFidEmbedder
 
     backend = description.get("backend")
     if backend == "inception":
@@ -249,7 +249,7 @@ def build_embedder(description: dict, *, device: str | None = None, model_path: 
 
 
 def build_latent_space(description: dict, *, device: str | None = None, model_path: str | None = None):
-    from .data.latents import PixelSpace, SDVaeLatents
+    from hddm_core.data.latents import PixelSpace, SDVaeLatents
 
     space = description.get("space")
     if space == "pixel":
@@ -265,8 +265,8 @@ def build_latent_space(description: dict, *, device: str | None = None, model_pa
 
 
 def build_text_encoder(description: dict, *, device: str | None = None, model_path: str | None = None):
-    from .compatibility import encoder_base_name
-    from .data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
+    from hddm_core.contrib.compatibility import encoder_base_name
+    from hddm_core.data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
 
     name = description.get("encoder", "")
     max_length = int(description["max_length"])
@@ -307,9 +307,9 @@ def assign_contribution(clustering_dir: str, source: dict, work_dir: str, *, dev
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .data import cluster_report
-    from .data.cluster import ASSIGNMENTS, PICTURE, SIZES, assign_to_clusters, load_centroids
-    from .data.embed import EmbedConfig, embed, read_embeddings
+    from hddm_core.data import cluster_report
+    from hddm_core.data.cluster import ASSIGNMENTS, PICTURE, SIZES, assign_to_clusters, load_centroids
+    from hddm_core.data.embed import EmbedConfig, embed, read_embeddings
 
     card = read_card(clustering_dir)
     source = check_source(source)
@@ -366,8 +366,8 @@ def prepare_contribution(work_dir: str, *, device: str | None = None, vae_path: 
                          text_encoder_path: str | None = None, batch_size: int = 32, force: bool = False) -> dict:
     """Encode the assigned images into work/prepare with the run's latent space and text encoder
     (the same stage the pipeline runs; the trainer's inputs). Returns the per-cluster counts."""
-    from .data.cluster_data import training_inputs_info
-    from .data.prepare import PrepareConfig, prepare_training_inputs
+    from hddm_core.data.cluster_data import training_inputs_info
+    from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
 
     info = read_contribution(work_dir)
     card = read_card(info["clustering_dir"])
@@ -414,10 +414,10 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
 
     run_url defaults to the run the clustering was fetched from; storage_options (or the
     environment: AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) carry the contributor's own credentials.
-    Storing is the register-expert stage's code (hddm_core.registry.register_expert), unless
+    Storing is the register-expert stage's code (hddm_core.contrib.registration.register_expert), unless
     store_fn(expert_location, run_url, name) -> uri is given. A name already holding different
     weights is refused (nobody's expert is silently replaced); resubmitting the same weights is a no-op."""
-    from .params import check_key_name
+    from hddm_core.pipeline.params import check_key_name
 
     check_key_name(name, "expert name")
     card = read_card(clustering_dir)
@@ -433,7 +433,7 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
     if store_fn is not None:
         uri = store_fn(expert_location, run_url, name)
     else:  # the register-expert stage's own code path: validate, smoke forward, weights first, manifest last
-        from .registry import register_expert
+        from hddm_core.contrib.registration import register_expert
 
         uri = register_expert(run, expert_location, card["layout"]["experts"], name)["uri"]
     return {"uri": uri, "name": name, "key": key, "cluster_id": manifest.cluster_id, "objective": manifest.objective,

@@ -1,6 +1,6 @@
 """Does an expert fit a run? The checks a contributed expert must pass before it joins the ensemble.
 
-An expert is mixed with the others in one velocity space (hddm_core.conversion), so it must read
+An expert is mixed with the others in one velocity space (hddm_core.diffusion.conversion), so it must read
 and write the same latents as the run (latent space, scale, resolution and latent shape), read the
 same text tokens (encoder and width), and belong to one of the run's clusters under the run's
 clustering (its version is the content hash of the published centroids, so experts trained on an
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .experts import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
+from hddm_core.checkpoints.experts import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
                       velocity_expert_from_loaded)
 
 CLUSTERING_VERSION_PREFIX = "centroids-sha256:"
@@ -105,8 +105,8 @@ def compatibility_checks(manifest: ExpertManifest, expected: RunExpectations,
 
 
 def registry_smoke_forward(loaded: LoadedExpert) -> Check:
-    """The register-expert stage's own smoke forward (hddm_core.registry): the network on random inputs."""
-    from .registry import smoke_forward as network_smoke
+    """The register-expert stage's own smoke forward (hddm_core.contrib.registration): the network on random inputs."""
+    from hddm_core.contrib.registration import smoke_forward as network_smoke
 
     try:
         return Check("smoke-forward", True, network_smoke(loaded.model, loaded.manifest))
@@ -141,8 +141,8 @@ def expert_checks(location, expected: RunExpectations | None = None, *,
                   cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
     """(every check the pipeline runs on a contributed expert, its manifest or None).
 
-    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.experts), the
-    register-expert stage's smoke forward (hddm_core.registry), the velocity field on the sampler's
+    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.checkpoints.experts), the
+    register-expert stage's smoke forward (hddm_core.contrib.registration), the velocity field on the sampler's
     path at low/mid/high noise (what the ensemble will call), and, when the run's expectations are given, compatibility with the run. Raises
     only for pickle files (PickleRefused, nothing unpickled) and missing files."""
     try:

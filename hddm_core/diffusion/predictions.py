@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .safeguards import Safeguards, SafeguardStats
-from .schedules import PathCoefficients
+from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
+from hddm_core.diffusion.schedules import PathCoefficients
 
 
 def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ from typing import Any, Callable
 
 import torch
 
-from .conversion import ExpertDeclaration
-from .predictions import Prediction, _bcast, get_prediction
-from .schedules import NUM_TRAIN_STEPS, Schedule, get_schedule
-from .time_inputs import network_time
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction
+from hddm_core.diffusion.schedules import NUM_TRAIN_STEPS, Schedule, get_schedule
+from hddm_core.diffusion.time_inputs import network_time
 
 TIME_SAMPLINGS = ("uniform", "uniform-discrete", "logit-normal")
 

@@ -1,5 +1,5 @@
 """The evaluation stage: sample a set of trained experts (and router) in every requested routing mode
-on identical seeds and prompts, measure, and write the report (hddm_core.report) plus the cluster grid,
+on identical seeds and prompts, measure, and write the report (hddm_core.pipeline.report) plus the cluster grid,
 router and training pictures.
 
 Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
-from .storage import ArtifactStore
+from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
+from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -34,7 +34,7 @@ def _expert_folders(store: ArtifactStore, params) -> list[str]:
 
 
 def _routings(modes, members, has_router: bool, tau: float):
-    from .inference.routing import Routing
+    from hddm_core.inference.routing import Routing
 
     ddpm = tuple(i for i, m in enumerate(members) if m.declaration.prediction != "velocity")
     fm = tuple(i for i, m in enumerate(members) if m.declaration.prediction == "velocity")
@@ -61,7 +61,7 @@ def _routings(modes, members, has_router: bool, tau: float):
 
 def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int, n_real: int):
     """(captions, tokens [n, L, D], mask [n, L], real images [M, 3, H, W] in [-1, 1]) from the clusters."""
-    from .data.cluster_data import ClusterDataset, shard_metadata
+    from hddm_core.data.cluster_data import ClusterDataset, shard_metadata
 
     sets = {c: ClusterDataset(store, prepare_prefix, c) for c in clusters}
     captions, tokens, masks, real = [], [], [], []
@@ -84,11 +84,11 @@ def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: 
 
 
 def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    from .inference.ensemble_sampler import sample_ensemble
-    from .inference.loading import load_ensemble
-    from .metrics.fid import InceptionFeatures, fd_projected, inception_stats
-    from .metrics.lpips_diversity import lpips_or_substitute
-    from .report import EvaluationResults, VariantResult, write_report
+    from hddm_core.inference.ensemble_sampler import sample_ensemble
+    from hddm_core.inference.loading import load_ensemble
+    from hddm_core.metrics.fid import InceptionFeatures, fd_projected, inception_stats
+    from hddm_core.metrics.lpips_diversity import lpips_or_substitute
+    from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
 
     folders = _expert_folders(store, params)
     ens = load_ensemble(folders, params.router)

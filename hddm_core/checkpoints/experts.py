@@ -14,7 +14,7 @@ and finiteness are checked. validate_expert() returns every check; load_expert()
 CheckpointError listing the failed ones.
 
 Manifest fields (format_version 1): see ExpertManifest / RouterManifest. The declaration
-ExpertDeclaration(prediction, schedule, time_input) is what hddm_core.conversion needs.
+ExpertDeclaration(prediction, schedule, time_input) is what hddm_core.diffusion.conversion needs.
 """
 from __future__ import annotations
 
@@ -32,15 +32,15 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
-from .conversion import ExpertDeclaration, VelocityExpert
-from .models.dit import build_expert_model, count_parameters
-from .models.presets import DiTConfig, RouterConfig
-from .models.router import build_router
-from .objectives import get_objective
-from .schedules import get_schedule
-from .storage import ArtifactStore, validate_key
-from .time_inputs import check_time_input
+from hddm_core import __version__
+from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.models.dit import build_expert_model, count_parameters
+from hddm_core.models.presets import DiTConfig, RouterConfig
+from hddm_core.models.router import build_router
+from hddm_core.diffusion.objectives import get_objective
+from hddm_core.diffusion.schedules import get_schedule
+from hddm_core.storage import ArtifactStore, validate_key
+from hddm_core.diffusion.time_inputs import check_time_input
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ def load_router(location, *, device: str | torch.device = "cpu",
 
 
 def velocity_expert_from_loaded(loaded: LoadedExpert, sampler=None, guard=None) -> VelocityExpert:
-    """The loaded expert as a velocity field on the sampler's path (hddm_core.conversion)."""
+    """The loaded expert as a velocity field on the sampler's path (hddm_core.diffusion.conversion)."""
     return VelocityExpert(loaded.model, loaded.manifest.declaration, sampler=sampler, guard=guard)
 
 

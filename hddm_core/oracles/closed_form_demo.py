@@ -13,9 +13,9 @@ import os
 
 import torch
 
-from .conversion import ExpertDeclaration, VelocityExpert
-from .gaussian import GaussianData
-from .sampling import euler_sample, per_sample_noise, time_grid
+from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.oracles.gaussian import GaussianData
+from hddm_core.diffusion.sampling import euler_sample, per_sample_noise, time_grid
 
 log = logging.getLogger(__name__)
 

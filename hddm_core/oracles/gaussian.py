@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .conversion import ExpertDeclaration
-from .predictions import _bcast
-from .schedules import PathCoefficients, get_schedule
-from .time_inputs import continuous_time
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.diffusion.predictions import _bcast
+from hddm_core.diffusion.schedules import PathCoefficients, get_schedule
+from hddm_core.diffusion.time_inputs import continuous_time
 
 
 @dataclass(frozen=True)

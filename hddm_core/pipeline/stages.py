@@ -18,10 +18,10 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, Field
 
-from .manifests import hash_config, read_manifest
-from .params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams, RecaptionParams,
+from hddm_core.manifests import hash_config, read_manifest
+from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams, RecaptionParams,
                      RegisterExpertParams, StageParams, TrainExpertParams, TrainRouterParams)
-from .storage import ArtifactStore, open_store
+from hddm_core.storage import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _inputs(stage: str, params: StageParams, store: ArtifactStore) -> dict:
     """Content hashes of a stage's inputs (raises FileNotFoundError when an input is missing)."""
     if stage == "download":
         if params.source == "parquet":
-            from .manifests import hash_store_object
+            from hddm_core.manifests import hash_store_object
 
             return {"url_list": hash_store_object(store, params.url_list_key)}
         return {}  # the embedded dataset is built (or reused) inside the stage; its config is in the key
@@ -168,12 +168,12 @@ def reusable_key(stage: str, params: StageParams) -> Optional[str]:
 def run_download(params: DownloadParams) -> StageRef:
     """Download to webdataset shards; source=embedded renders the embedded dataset, serves it on
     127.0.0.1 (allowlisted for this run only) and downloads it through img2dataset."""
-    from .data.download import DownloadConfig, run_download as download
+    from hddm_core.data.download import DownloadConfig, run_download as download
 
     store = _store(params)
     embedded_hash = None
     if params.source == "embedded":
-        from .data.embedded import EmbeddedConfig, build_embedded_dataset
+        from hddm_core.data.embedded import EmbeddedConfig, build_embedded_dataset
 
         e = params.embedded
         em = build_embedded_dataset(store, EMBEDDED_PREFIX, EmbeddedConfig(
@@ -186,8 +186,8 @@ def run_download(params: DownloadParams) -> StageRef:
                number_sample_per_shard=params.number_sample_per_shard, processes_count=params.processes_count,
                thread_count=params.thread_count)
     if params.source == "embedded":
-        from .data.embedded import write_laion_parquet
-        from .data.loopback_server import LoopbackImageServer
+        from hddm_core.data.embedded import write_laion_parquet
+        from hddm_core.data.loopback_server import LoopbackImageServer
 
         with LoopbackImageServer(store, f"{EMBEDDED_PREFIX}/images") as server:
             url_list = write_laion_parquet(store, EMBEDDED_PREFIX, server.base_url, key=f"{EMBEDDED_PREFIX}/laion.parquet")
@@ -200,7 +200,7 @@ def run_download(params: DownloadParams) -> StageRef:
 
 
 def run_recaption(params: RecaptionParams) -> StageRef:
-    from .data.recaption import LlavaCaptioner, PassthroughCaptioner, RecaptionConfig, recaption
+    from hddm_core.data.recaption import LlavaCaptioner, PassthroughCaptioner, RecaptionConfig, recaption
 
     store = _store(params)
     key = stage_key("recaption", params)
@@ -224,7 +224,7 @@ def _count(store: ArtifactStore, download_prefix: str) -> Optional[int]:
 
 
 def run_embed(params: EmbedParams) -> StageRef:
-    from .data.embed import Dinov2Embedder, EmbedConfig, InceptionFidEmbedder, embed
+    from hddm_core.data.embed import Dinov2Embedder, EmbedConfig, InceptionFidEmbedder, embed
 
     store = _store(params)
     key = stage_key("embed", params)
@@ -241,8 +241,8 @@ def run_embed(params: EmbedParams) -> StageRef:
 
 
 def run_cluster(params: ClusterParams) -> StageRef:
-    from .data.cluster import ClusterConfig, cluster_stage
-    from .data.shards import iter_download_samples
+    from hddm_core.data.cluster import ClusterConfig, cluster_stage
+    from hddm_core.data.shards import iter_download_samples
 
     store = _store(params)
     key = stage_key("cluster", params)
@@ -258,9 +258,9 @@ def run_cluster(params: ClusterParams) -> StageRef:
 
 
 def run_prepare(params: PrepareParams) -> StageRef:
-    from .data.latents import PixelSpace, SDVaeLatents
-    from .data.prepare import PrepareConfig, prepare_training_inputs
-    from .data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
+    from hddm_core.data.latents import PixelSpace, SDVaeLatents
+    from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
+    from hddm_core.data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
 
     store = _store(params)
     key = stage_key("prepare", params)
@@ -281,13 +281,13 @@ def run_prepare(params: PrepareParams) -> StageRef:
 
 def n_clusters(params: PrepareParams | StageParams, prepare_prefix: str = "prepare") -> int:
     """K from a finished prepare stage (the pipeline fans out over it)."""
-    from .data.cluster_data import training_inputs_info
+    from hddm_core.data.cluster_data import training_inputs_info
 
     return int(training_inputs_info(_store(params), prepare_prefix)["n_clusters"])
 
 
 def cluster_sizes(params: StageParams, prepare_prefix: str = "prepare") -> dict[int, int]:
-    from .data.cluster_data import training_inputs_info
+    from hddm_core.data.cluster_data import training_inputs_info
 
     info = training_inputs_info(_store(params), prepare_prefix)
     return {int(c): int(n) for c, n in info["clusters"].items()}
@@ -326,9 +326,9 @@ def expert_run_prefix(params: TrainExpertParams, key: str) -> str:
 
 def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> StageRef:
     """Train (or resume from its latest checkpoint) one expert on one cluster; export it (EMA weights)."""
-    from .data.cluster_data import ClusterDataset, training_inputs_info
-    from .training.config import ExpertTrainConfig
-    from .training.expert_trainer import build_loop, export_expert
+    from hddm_core.data.cluster_data import ClusterDataset, training_inputs_info
+    from hddm_core.training.config import ExpertTrainConfig
+    from hddm_core.training.expert_trainer import build_loop, export_expert
 
     store = _store(params)
     key = stage_key("train-expert", params)
@@ -364,9 +364,9 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
 
 
 def run_train_router(params: TrainRouterParams, progress: Progress = None) -> StageRef:
-    from .data.cluster_data import RouterDataset, training_inputs_info
-    from .training.config import RouterTrainConfig
-    from .training.router_trainer import build_router_loop, evaluate_router, save_router_artifacts
+    from hddm_core.data.cluster_data import RouterDataset, training_inputs_info
+    from hddm_core.training.config import RouterTrainConfig
+    from hddm_core.training.router_trainer import build_router_loop, evaluate_router, save_router_artifacts
 
     store = _store(params)
     key = stage_key("train-router", params)
@@ -414,7 +414,7 @@ def landed_event_id(weights_sha256: str) -> str:
 
 def run_register_expert(params: RegisterExpertParams) -> StageRef:
     """Validate an untrusted expert (schema, shapes, hash, finite values, smoke forward) and store it."""
-    from .registry import register_expert
+    from hddm_core.contrib.registration import register_expert
 
     store = _store(params)
     result = register_expert(store, params.source, params.experts_prefix, params.name)
@@ -435,7 +435,7 @@ def run_evaluate(params: EvaluateParams, progress: Progress = None) -> StageRef:
 
     Idempotent per (experts' weights, router, data, config): an existing evaluation manifest is
     returned without sampling (the expert-landed trigger may fire more than once)."""
-    from .evaluation import evaluate
+    from hddm_core.pipeline.evaluation import evaluate
 
     store = _store(params)
     m = evaluate(store, params, progress=progress)

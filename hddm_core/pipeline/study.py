@@ -21,13 +21,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .conversion import ExpertDeclaration
-from .inference.ensemble_sampler import sample_ensemble
-from .inference.native import native_ddim_sample
-from .inference.pool import EnsembleMember
-from .inference.routing import Routing
-from .metrics.result import MetricResult
-from .report import EvaluationResults, VariantResult
+from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.inference.ensemble_sampler import sample_ensemble
+from hddm_core.inference.native import native_ddim_sample
+from hddm_core.inference.pool import EnsembleMember
+from hddm_core.inference.routing import Routing
+from hddm_core.metrics.result import MetricResult
+from hddm_core.pipeline.report import EvaluationResults, VariantResult
 
 log = logging.getLogger(__name__)
 PAPER = {
@@ -147,9 +147,9 @@ def gaussian_study_inputs(reference_n: int = 20000, group_size: int = 8) -> Stud
     (2-D, so n > d holds for any study size). Diversity: "L2 diversity" = mean pairwise distance
     within consecutive groups of `group_size` seeds (stand-in for images per prompt).
     """
-    from .inference.gaussian_mixture import GaussianMixture
-    from .metrics.fid import feature_statistics, frechet_metric
-    from .metrics.lpips_diversity import vector_diversity
+    from hddm_core.oracles.gaussian_mixture import GaussianMixture
+    from hddm_core.metrics.fid import feature_statistics, frechet_metric
+    from hddm_core.metrics.lpips_diversity import vector_diversity
 
     gm = GaussianMixture(means=(-2.0, 0.5, 3.0), stds=(0.5, 0.4, 0.7), weights=(0.3, 0.2, 0.5), dim=2)
     ref = feature_statistics(gm.sample(reference_n, torch.Generator().manual_seed(12345))[0].numpy(), "data (2-D)")
@@ -178,10 +178,10 @@ def gaussian_study_inputs(reference_n: int = 20000, group_size: int = 8) -> Stud
                                   "comparable in value.")
 
 
-if __name__ == "__main__":  # python -m hddm_core.study [out_dir]
+if __name__ == "__main__":  # python -m hddm_core.pipeline.study [out_dir]
     import sys
 
-    from .report import write_report
+    from hddm_core.pipeline.report import write_report
 
     res = run_study(gaussian_study_inputs(), range(512), steps=50)
     if len(sys.argv) > 1:

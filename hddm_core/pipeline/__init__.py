@@ -1,0 +1,1 @@
+"""The pipeline's stages as plain functions: parameters, stage runners, evaluation, report, study."""
