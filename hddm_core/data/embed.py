@@ -23,6 +23,7 @@ import numpy as np
 
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
+from hddm_core.data.unit_runner import ModelSpec, UnitKernel
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,34 @@ def embed(store: ArtifactStore, out_prefix: str, embedder: ImageEmbedder, *, sou
                        record=lambda _, __, r: r, flush=lambda _, __, rows: {".safetensors": _embedding_shard(rows)},
                        batch_size=config.batch_size, desc="embed", total=total)
     return stage.finish({"samples": seen, "dim": int(embedder.dim), "model": embedder.describe()["model"]})
+
+
+def _unit_compute(embedder: ImageEmbedder, samples: list) -> list:
+    return list(embed_images(embedder, [s.image for s in samples]))
+
+
+def _unit_flush(rows: list) -> dict[str, bytes]:
+    return {".safetensors": _embedding_shard(rows)}
+
+
+UNIT_KERNEL = UnitKernel(stream=STREAM, compute=_unit_compute, flush=_unit_flush)
+
+
+def embed_units(store: ArtifactStore, out_prefix: str, model: ModelSpec, source, *, config: EmbedConfig | None = None,
+                unit_size: int | None = None, executor=None, gpu: bool = False, force: bool = False,
+                torch_threads: int | None = None):
+    """The embed stage as a map over work units (hddm_core.data.coordinator): the same config, shards
+    and bytes as `embed` (batch_size dividing shard_size), whatever the executor and its workers.
+    model: how each worker builds the embedder (loaded once per worker); source: an InputSource."""
+    from hddm_core.data.coordinator import run_map_stage
+
+    config = (config or EmbedConfig()).validate()
+    return run_map_stage(
+        store, out_prefix, stage=STAGE, kernel=f"{__name__}:UNIT_KERNEL", model=model, source=source,
+        config_of=lambda d: {"embedder": d, "batch_size": config.batch_size, "shard_size": config.shard_size},
+        counts_of=lambda d: {"dim": int(d["dim"]), "model": d["model"]}, shard_size=config.shard_size,
+        batch_size=config.batch_size, unit_size=unit_size, executor=executor, gpu=gpu, force=force,
+        torch_threads=torch_threads)
 
 
 def read_embeddings(store: ArtifactStore, prefix: str) -> tuple[list[str], np.ndarray]:

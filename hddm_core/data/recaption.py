@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.sharded_stage import ShardedStage, manifest_stream_files, require_manifest, run_batched, sample_source
+from hddm_core.data.unit_runner import ModelSpec, UnitKernel
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,35 @@ def recaption(store: ArtifactStore, out_prefix: str, captioner: Captioner, *, so
                        flush=lambda _, __, rows: {".parquet": _captions_table(rows)},
                        batch_size=config.batch_size, desc="recaption", total=total)
     return stage.finish({"samples": seen, "captions_usable": described["captions_usable"]})
+
+
+def _unit_compute(captioner: Captioner, samples: list) -> list:
+    new = captioner.caption([s.image for s in samples], [s.caption for s in samples])
+    if len(new) != len(samples):
+        raise RuntimeError(f"captioner returned {len(new)} captions for {len(samples)} images")
+    return [(s.caption, str(c)) for s, c in zip(samples, new)]
+
+
+def _unit_flush(rows: list) -> dict[str, bytes]:
+    return {".parquet": _captions_table(rows)}
+
+
+UNIT_KERNEL = UnitKernel(stream=STREAM, compute=_unit_compute, flush=_unit_flush)
+
+
+def recaption_units(store: ArtifactStore, out_prefix: str, model: ModelSpec, source, *,
+                    config: RecaptionConfig | None = None, unit_size: int | None = None, executor=None,
+                    gpu: bool = False, force: bool = False, torch_threads: int | None = None):
+    """The recaption stage as a map over work units (see hddm_core.data.embed.embed_units)."""
+    from hddm_core.data.coordinator import run_map_stage
+
+    config = (config or RecaptionConfig()).validate()
+    return run_map_stage(
+        store, out_prefix, stage=STAGE, kernel=f"{__name__}:UNIT_KERNEL", model=model, source=source,
+        config_of=lambda d: {"captioner": d, "batch_size": config.batch_size, "shard_size": config.shard_size},
+        counts_of=lambda d: {"captions_usable": d["captions_usable"]}, shard_size=config.shard_size,
+        batch_size=config.batch_size, unit_size=unit_size, executor=executor, gpu=gpu, force=force,
+        torch_threads=torch_threads)
 
 
 def read_captions_table(store: ArtifactStore, prefix: str):

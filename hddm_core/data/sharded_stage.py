@@ -26,6 +26,24 @@ def shard_name(stream: str, index: int, suffix: str) -> str:
     return f"{stream}/{index:05d}{suffix}"
 
 
+def write_shard(store: ArtifactStore, prefix: str, fingerprint: str, stream: str, index: int, keys: list[str],
+                files: dict[str, bytes], failures: dict[str, int] | None = None) -> dict:
+    """Commit one shard: its data files (atomic writes), then its done-marker, written last.
+    failures (samples left out, by reason) is recorded in the marker only when there are any."""
+    for suffix, data in files.items():
+        store.write_bytes(f"{prefix}/{shard_name(stream, index, suffix)}", data)
+    marker = {"fingerprint": fingerprint, "keys": keys, "files": sorted(files)}
+    if failures:
+        marker["failures"] = dict(sorted(failures.items()))
+    store.write_json(f"{prefix}/{shard_name(stream, index, '.done.json')}", marker)
+    return marker
+
+
+def stage_fingerprint(config: dict, inputs: dict) -> str:
+    """What a shard's done-marker names: the run's config and inputs."""
+    return hash_config({"config": hash_config(config), "inputs": inputs})
+
+
 @dataclass
 class _Stream:
     position: int = 0  # samples of this stream seen so far in this run's input order
@@ -44,7 +62,7 @@ class ShardedStage:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         self.store, self.prefix, self.stage = store, prefix.strip("/"), stage
         self.config, self.inputs, self.shard_size, self.force = config, inputs, int(shard_size), force
-        self.fingerprint = hash_config({"config": hash_config(config), "inputs": inputs})
+        self.fingerprint = stage_fingerprint(config, inputs)
         self.streams: dict[str, _Stream] = {}
         self.skipped_samples = 0
         self._markers: dict[str, dict] = {}
@@ -116,11 +134,8 @@ class ShardedStage:
         s = self.streams[stream]
         index = s.buffer_index
         keys = [k for k, _ in s.buffer]
-        files = flush(stream, index, s.buffer)
-        for suffix, data in files.items():
-            self.store.write_bytes(f"{self.prefix}/{shard_name(stream, index, suffix)}", data)
-        marker = {"fingerprint": self.fingerprint, "keys": keys, "files": sorted(files)}
-        self.store.write_json(f"{self.prefix}/{shard_name(stream, index, '.done.json')}", marker)
+        marker = write_shard(self.store, self.prefix, self.fingerprint, stream, index, keys,
+                             flush(stream, index, s.buffer))
         self._markers[shard_name(stream, index, ".done.json")] = marker
         s.buffer = []
         if index not in s.shards:
