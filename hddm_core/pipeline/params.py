@@ -109,6 +109,10 @@ class RecaptionParams(StageParams):
     download_prefix: str = "download"
     prefix: str = "recaption"
     dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
+    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
+                                                       "dask_address is empty; 1 = in this process.")
+    unit_size: Optional[int] = Field(None, ge=1, description="Samples per work unit (a multiple of the shard size); "
+                                                            "empty = one shard.")
 
 
 class EmbedParams(StageParams):
@@ -121,6 +125,10 @@ class EmbedParams(StageParams):
     download_prefix: str = "download"
     prefix: str = "embed"
     dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
+    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
+                                                       "dask_address is empty; 1 = in this process.")
+    unit_size: Optional[int] = Field(None, ge=1, description="Samples per work unit (a multiple of the shard size); "
+                                                            "empty = one shard.")
 
 
 class ClusterParams(StageParams):

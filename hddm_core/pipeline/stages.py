@@ -199,13 +199,20 @@ def run_download(params: DownloadParams) -> StageRef:
     return _remember(store, params.prefix, key, _ref_from_manifest(store, "download", params.prefix, manifest))
 
 
-def run_recaption(params: RecaptionParams) -> StageRef:
+def run_recaption(params: RecaptionParams, executor=None) -> StageRef:
+    """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
     from hddm_core.data.recaption import LlavaCaptioner, PassthroughCaptioner, RecaptionConfig, recaption
 
     store = _store(params)
     key = stage_key("recaption", params)
     if (ref := _reuse(store, params.prefix, key, params.force)) is not None:
         return ref
+    if executor is not None or params.workers > 1:
+        from hddm_core.data.map_stages import recaption_as_units
+
+        manifest = recaption_as_units(store, params, _device(params.device), executor)
+        return _remember(store, params.prefix, key, _ref_from_manifest(store, "recaption", params.prefix, manifest,
+                                                                       captioner=params.captioner))
     if params.captioner == "passthrough":
         captioner = PassthroughCaptioner()
     else:
@@ -223,13 +230,20 @@ def _count(store: ArtifactStore, download_prefix: str) -> Optional[int]:
     return int(m.counts.get("success", 0)) if m is not None else None
 
 
-def run_embed(params: EmbedParams) -> StageRef:
+def run_embed(params: EmbedParams, executor=None) -> StageRef:
+    """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
     from hddm_core.data.embed import Dinov2Embedder, EmbedConfig, InceptionFidEmbedder, embed
 
     store = _store(params)
     key = stage_key("embed", params)
     if (ref := _reuse(store, params.prefix, key, params.force)) is not None:
         return ref
+    if executor is not None or params.workers > 1:
+        from hddm_core.data.map_stages import embed_as_units
+
+        manifest = embed_as_units(store, params, _device(params.device), executor)
+        return _remember(store, params.prefix, key, _ref_from_manifest(store, "embed", params.prefix, manifest,
+                                                                       embedder=manifest.counts["model"]))
     device = _device(params.device)
     embedder = (InceptionFidEmbedder(device=device) if params.embedder == "inception-v3-fid"
                 else Dinov2Embedder.from_pretrained(params.dinov2_model, device=device))
