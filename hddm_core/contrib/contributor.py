@@ -160,11 +160,12 @@ def _folder_files(folder: str) -> list[str]:
 def _folder_samples(folder: str, files: list[str]) -> Iterator:
     from PIL import Image
 
+    from hddm_core.data.image_rgb import exif_upright, to_rgb
     from hddm_core.data.shards import Sample
 
     for path in files:
         with Image.open(path) as im:
-            image = im.convert("RGB")
+            image = to_rgb(exif_upright(im))
         key = os.path.relpath(path, folder).replace(os.sep, "/")
         yield Sample(key=key, image=image, caption=_caption_for(path), meta={"file": key})
 
