@@ -313,12 +313,13 @@ def _read_regular_file(path: str, uri: str, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except IsADirectoryError:
         raise ValueError(f"{uri} is a folder, not a file") from None
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{uri} is not a regular file (a device, FIFO, socket or folder): refused")
-        if st.st_size > max_bytes:
-            raise ValueError(f"{uri} is {st.st_size} bytes, over the {max_bytes}-byte limit of this read")
+        raise ValueError(f"{uri} is {st.st_size} bytes, over the {max_bytes}-byte limit of this read")
+    with os.fdopen(fd, "rb", buffering=0) as f:
         chunks, total = [], 0
         while chunk := f.read(min(8 << 20, max_bytes + 1 - total)):
             chunks.append(chunk)
