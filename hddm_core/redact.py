@@ -17,7 +17,9 @@ import os
 import re
 
 MASK = "***"
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+# user:password@ (an AWS secret may hold '/' and '+', unescaped) or user@; the scheme is required
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)"
+                       r"(?:[^/\s@'\"<>:]*:[^\s@'\"<>]*|[^/\s@'\"<>:]+)@")
 _AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b")
 _SIGV4 = re.compile(r"(?P<name>(?:X-Amz-)?(?:Credential|Signature|Security-Token)=)[^,\s&'\"]+", re.IGNORECASE)
 _NAMED = re.compile(r"(?P<name>(?:aws_)?(?:secret(?:_access)?_key|secret|session_token|token|password|passwd)"

@@ -444,7 +444,9 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
 
 # -- bookkeeping in the work folder --------------------------------------------------------------
 def is_contribution(work_dir: str | None) -> bool:
-    return bool(work_dir) and ArtifactStore(work_dir).exists(CONTRIBUTION_NAME)
+    if not work_dir or ("://" not in work_dir and not os.path.isdir(work_dir)):
+        return False  # asking must not create the folder (a refused command writes nothing)
+    return ArtifactStore(work_dir).exists(CONTRIBUTION_NAME)
 
 
 def record_trained_expert(work_dir: str, expert_uri: str, cluster_id: int, objective: str) -> None:
