@@ -140,10 +140,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "fsspec", "PIL", "matplotlib", "faiss"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    from hddm_core.redact import configure_log_safety
+
+    configure_log_safety(level)  # secrets masked in every record; botocore capped unless HDDM_LOG_BOTOCORE=1
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from hddm_core.redact import mask_secrets
+
+    text = mask_secrets(" ".join(str(exc).split())) or type(exc).__name__
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from hddm_core.redact import mask_secrets
+
 FLATTENED = ("training",)  # nested models whose fields become top-level options
 DEST_PREFIX = "p__"
 
@@ -161,7 +163,7 @@ def one_line_errors(exc: ValidationError, specs: list[_Spec]) -> str:
         where = _option_for(tuple(err.get("loc", ())), specs)
         msg = err.get("msg", "invalid").removeprefix("Value error, ")
         got = err.get("input")
-        got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        got_text = "" if isinstance(got, dict) or got is None else f" (got {mask_secrets(repr(got))})"
         parts.append(f"{where}: {msg}{got_text}" if where else f"{msg}{got_text}")
     return "; ".join(parts)
 

@@ -75,7 +75,9 @@ def build_params(args: argparse.Namespace, **overrides):
 def run_stage(cmd: StageCommand, params):
     """Run in-process through hddm_core.pipeline.stages, with a progress bar where the stage reports progress."""
     from hddm_core.pipeline import stages
+    from hddm_core.pipeline.preflight import check_environment
 
+    check_environment(params)  # root, S3 credentials/endpoint, devices: one line each, before any work
     fn = stages.STAGES[cmd.stage]
     if cmd.progress is None:
         return fn(params)

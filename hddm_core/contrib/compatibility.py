@@ -54,7 +54,12 @@ class RunExpectations:
     def from_card(cls, card: dict) -> "RunExpectations":
         try:
             latent, text = card["latent"], card["text"]
-            return cls(latent_space=str(latent["space"]), latent_scale=float(latent["scale"]),
+            scale, resolution = float(latent["scale"]), latent["resolution"]
+            if not (math.isfinite(scale) and 0 < scale <= 1e3):
+                raise ValueError(f"latent scale {scale!r} is not a finite number in (0, 1000]")
+            if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= 16384:
+                raise ValueError(f"latent resolution {resolution!r:.40} is not an integer in [1, 16384] pixels")
+            return cls(latent_space=str(latent["space"]), latent_scale=scale,
                        image_resolution=int(latent["resolution"]),
                        latent_shape=tuple(int(v) for v in latent["latent_shape"]),
                        text_encoder=str(text["encoder"]), text_dim=int(text["width"]),

@@ -160,11 +160,12 @@ def _folder_files(folder: str) -> list[str]:
 def _folder_samples(folder: str, files: list[str]) -> Iterator:
     from PIL import Image
 
+    from hddm_core.data.image_rgb import exif_upright, to_rgb
     from hddm_core.data.shards import Sample
 
     for path in files:
         with Image.open(path) as im:
-            image = im.convert("RGB")
+            image = to_rgb(exif_upright(im))
         key = os.path.relpath(path, folder).replace(os.sep, "/")
         yield Sample(key=key, image=image, caption=_caption_for(path), meta={"file": key})
 
@@ -443,7 +444,9 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
 
 # -- bookkeeping in the work folder --------------------------------------------------------------
 def is_contribution(work_dir: str | None) -> bool:
-    return bool(work_dir) and ArtifactStore(work_dir).exists(CONTRIBUTION_NAME)
+    if not work_dir or ("://" not in work_dir and not os.path.isdir(work_dir)):
+        return False  # asking must not create the folder (a refused command writes nothing)
+    return ArtifactStore(work_dir).exists(CONTRIBUTION_NAME)
 
 
 def record_trained_expert(work_dir: str, expert_uri: str, cluster_id: int, objective: str) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from hddm_core.manifests import (MANIFEST_NAME, StageManifest, completed, describe_outputs, hash_config,
                          hash_store_object, read_manifest, write_manifest)
+from hddm_core.redact import mask_secrets
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.safe_fetch import FetchGuard
 
@@ -120,7 +121,7 @@ def run_download(store: ArtifactStore, input_key: str, prefix: str = "download",
 
     A rerun with the same input and config returns the existing manifest; a killed run resumes."""
     config = (config or DownloadConfig()).validate()
-    cfg = dataclasses.asdict(config)
+    cfg = dataclasses.asdict(config)  # no credentials: the store's options stay out of config and manifest
     inputs = {"url_list": hash_store_object(store, input_key)}
     if not force and (done := completed(store, prefix, cfg, inputs)):
         log.info("download already complete at %s; skipping", store.uri(prefix))
@@ -167,7 +168,7 @@ def run_img2dataset(spec: dict, env: dict | None = None) -> None:
         if proc.returncode != 0:
             with open(log_path, "rb") as f:
                 tail = f.read()[-3000:].decode("utf-8", "replace")
-            raise RuntimeError(f"img2dataset exited with {proc.returncode}; log tail:\n{tail}")
+            raise RuntimeError(f"img2dataset exited with {proc.returncode}; log tail:\n{mask_secrets(tail)}")
 
 
 def _finish(store: ArtifactStore, prefix: str, config: DownloadConfig, cfg: dict, inputs: dict) -> StageManifest:

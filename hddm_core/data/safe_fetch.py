@@ -1,15 +1,15 @@
-"""Guards for what img2dataset 1.47 leaves open (see STACK-NOTES): it follows redirects to internal
+"""Guards for what img2dataset 1.47 leaves open (each one reproduced in tests/data): it follows redirects to internal
 addresses, reads file:// rows, has a per-read but no total timeout, no body cap, decodes a
 400-megapixel PNG bomb, and ignores EXIF orientation.
 
 `guarded_fetch` replaces its urllib fetch: only http(s); every hop's host is resolved and refused if
-any address is private, loopback, link-local, multicast, reserved or unspecified, unless host:port is
-allowlisted; the socket connects to the vetted address (no DNS rebinding between check and use);
+any address falls in a special-purpose range (the table in hddm_core.data.address_policy), unless
+host:port is allowlisted; the socket connects to the vetted address (no DNS rebinding between check and use);
 redirects are followed by hand and re-checked; a watchdog enforces one total deadline per request
 (a slow drip whose every read is fast still ends); the body is capped. `sanitize_image` then reads
 only the image header to reject decompression bombs by area before any pixel is decoded, decodes
-the rest (truncated files refused), applies EXIF orientation and normalises CMYK, palette, alpha,
-16-bit and grey images to RGB, re-encoding only when something changed.
+the rest (truncated files refused), applies EXIF orientation and normalises every Pillow mode to RGB
+(hddm_core.data.image_rgb: 16-bit and float scaled, alpha on white), re-encoding only when something changed.
 
 `GuardedDownloader` plugs both into img2dataset's own Downloader (its worker processes are spawned,
 so the hook installs itself in each worker when the pickled downloader is first called). Refusals are
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import io
-import ipaddress
 import socket
 import ssl
 import threading
@@ -29,7 +28,10 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from hddm_core.data.address_policy import address_is_public, check_allow_hosts
+from hddm_core.data.image_rgb import exif_upright, to_rgb
 
 ALLOWED_SCHEMES = ("http", "https")
 USER_AGENT = "Mozilla/5.0 (compatible; hddm-pipeline; +img2dataset)"
@@ -51,22 +53,12 @@ class FetchGuard:
     def validate(self) -> "FetchGuard":
         if self.deadline_s <= 0 or self.max_bytes <= 0 or self.max_image_pixels <= 0 or self.max_redirects < 0:
             raise ValueError(f"fetch guard limits must be positive: {dataclasses.asdict(self)}")
-        for h in self.allow_hosts:
-            if not isinstance(h, str) or not h or "/" in h:
-                raise ValueError(f"allow_hosts entries are 'host' or 'host:port', got {h!r}")
+        check_allow_hosts(self.allow_hosts)
         return self
 
     def allows(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]")
         return any(a.lower() in (host, f"{host}:{port}", f"[{host}]:{port}") for a in self.allow_hosts)
-
-
-def _address_is_public(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
-                or addr.is_reserved or addr.is_unspecified)
 
 
 def resolve_vetted(host: str, port: int, guard: FetchGuard) -> str:
@@ -78,8 +70,8 @@ def resolve_vetted(host: str, port: int, guard: FetchGuard) -> str:
     addrs = [info[4][0] for info in infos]
     if not addrs:
         raise FetchRefused("dns: no address")
-    if not guard.allows(host, port) and not all(_address_is_public(a) for a in addrs):
-        raise FetchRefused("guard: internal address")
+    if not guard.allows(host, port) and not all(address_is_public(a) for a in addrs):
+        raise FetchRefused("guard: internal address")  # which range: address_policy.refusal_reason
     return addrs[0]
 
 
@@ -204,16 +196,14 @@ def sanitize_image(data: bytes, guard: FetchGuard) -> bytes:
         if "truncated" in str(err).lower() or isinstance(err, (OSError, SyntaxError, EOFError)):
             raise FetchRefused("image: truncated or corrupt") from None
         raise FetchRefused("image: undecodable") from None
-    orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
-    if orientation in (None, 1) and im.mode in ("RGB", "L") and getattr(im, "n_frames", 1) == 1:
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 (a broken EXIF block is no orientation)
+        orientation = 1
+    if orientation in (None, 1) and im.mode in ("RGB", "L") and "transparency" not in im.info \
+            and getattr(im, "n_frames", 1) == 1:
         return data  # nothing to fix: pass the original bytes through untouched
-    out = ImageOps.exif_transpose(im) if orientation not in (None, 1) else im
-    if out.mode in ("RGBA", "LA", "PA") or (out.mode == "P" and "transparency" in out.info):
-        rgba = out.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        out = Image.alpha_composite(background, rgba).convert("RGB")
-    elif out.mode != "RGB":
-        out = out.convert("RGB")  # CMYK, palette, 16-bit, 1-bit, YCbCr...
+    out = to_rgb(exif_upright(im))  # 16-bit and float scaled, alpha on white, CMYK/LAB/... converted
     buf = io.BytesIO()
     out.save(buf, format=guard.reencode_format, compress_level=1) if guard.reencode_format == "PNG" \
         else out.save(buf, format=guard.reencode_format, quality=95)

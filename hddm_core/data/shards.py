@@ -17,6 +17,7 @@ from typing import Iterator
 
 from PIL import Image
 
+from hddm_core.data.image_rgb import exif_upright, to_rgb
 from hddm_core.manifests import read_manifest
 from hddm_core.storage import ArtifactStore
 
@@ -44,7 +45,7 @@ def _sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
     if image_ext is None:
         raise ValueError(f"sample {key!r} has no image member (found {sorted(members)})")
     with Image.open(io.BytesIO(members[image_ext])) as im:
-        image = im.convert("RGB")
+        image = to_rgb(exif_upright(im))  # 16-bit, float and alpha shards too (guards off, other writers)
     caption = members.get("txt", b"").decode("utf-8")
     meta = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
     return Sample(key=key, image=image, caption=caption, meta=meta)

@@ -13,11 +13,36 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hddm_core.data.address_policy import check_allow_hosts
+from hddm_core.redact import has_url_credentials, mask_secrets
+
 Objective = Literal["ddpm-eps", "flow-matching", "x0"]
 Architecture = Literal["tiny-16", "tiny", "S/2", "B/2", "L/2", "XL/2"]
 RoutingMode = Literal["top-1", "top-2", "full", "threshold", "single"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
+
+# Untrusted input (the Prefect UI form, a JSON file) must not carry Infinity/NaN into any number, and
+# a refused value is never echoed by pydantic's message (it may be a credential).
+SAFE_CONFIG = dict(allow_inf_nan=False, hide_input_in_errors=True)
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def refuse_credentials(data, where: str = ""):
+    """data unchanged, or ValueError naming the first string (at any depth) holding user:secret@ in a URL."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if key == "artifact_root" and isinstance(value, str) and "@" in value:
+            raise ValueError(f"{path} '***@{value.rsplit('@', 1)[1]}' must not contain '@' (credentials come from "
+                             "the environment: AWS_ACCESS_KEY_ID, ...)")
+        if isinstance(value, str) and has_url_credentials(value):
+            raise ValueError(f"{path} {mask_secrets(value)!r} embeds credentials (user:secret@): pass them through "
+                             "the environment (AWS_ACCESS_KEY_ID, ...) instead")
+        if isinstance(value, (dict, list, tuple)):
+            refuse_credentials(value, path)
+    return data
+
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -42,19 +67,26 @@ def check_prefix(value: str, what: str = "prefix") -> str:
 class StageParams(BaseModel):
     """Fields every stage shares."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, **SAFE_CONFIG)
 
     artifact_root: Optional[str] = Field(
-        None, description="Artifact store root: a local folder or s3://bucket/prefix. "
-                          "Empty: $HDDM_ARTIFACT_ROOT, else ./artifacts.")
+        None, pattern=r"^[^@]*$",  # also in the JSON schema, so Prefect refuses user:secret@ before storing a run
+        description="Artifact store root: a local folder or s3://bucket/prefix (no '@': credentials come from "
+                    "the environment). Empty: $HDDM_ARTIFACT_ROOT, else ./artifacts.")
     force: bool = Field(False, description="Recompute even when a finished stage with the same config and inputs exists.")
 
     @field_validator("artifact_root")
     @classmethod
     def _root(cls, v):
         if v is not None and "@" in v.partition("://")[2].split("/", 1)[0]:
-            raise ValueError("artifact_root must not embed credentials; pass them through the environment")
+            raise ValueError(f"artifact_root {mask_secrets(v)!r} must not embed credentials; pass them through "
+                             "the environment (AWS_ACCESS_KEY_ID, ...)")
         return v or None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data):
+        return refuse_credentials(data)
 
     @model_validator(mode="after")
     def _prefixes(self):
@@ -67,7 +99,7 @@ class StageParams(BaseModel):
 class EmbeddedParams(BaseModel):
     """The embedded dataset: emoji rendered from fonts installed with the project (captions = Unicode names)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
 
     size: int = Field(32, ge=8, le=512, description="Rendered image side in pixels.")
     styles: list[Literal["openmoji", "noto"]] = Field(["openmoji"], min_length=1,
@@ -91,6 +123,11 @@ class DownloadParams(StageParams):
     thread_count: int = Field(16, ge=1, le=1024, description="img2dataset threads per process.")
     allow_hosts: list[str] = Field([], description="host or host:port exempt from the private-address guard.")
     prefix: str = Field("download", description="Stage prefix in the store.")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, v):
+        return list(check_allow_hosts(v))  # refused here, before the embedded dataset is rendered
 
     @model_validator(mode="after")
     def _source(self):
@@ -134,7 +171,7 @@ class EmbedParams(StageParams):
 class ClusterParams(StageParams):
     n_clusters: int = Field(4, ge=2, le=1024, description="K: number of clusters = number of experts.")
     level_sizes: Optional[list[int]] = Field(None, description="Hierarchy sizes bottom to top ending at K; empty = automatic.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n_iter: int = Field(25, ge=1, le=1000)
     balance: bool = Field(False, description="Capacity-balanced assignment (clusters of similar size).")
     embed_prefix: str = "embed"
@@ -168,16 +205,16 @@ class PrepareParams(StageParams):
 class TrainingParams(BaseModel):
     """Loop settings shared by experts and the router."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
 
     architecture: Architecture = Field("tiny-16", description="Model preset (tiny-16/tiny for CPU; S..XL are DiT sizes).")
     steps: int = Field(200, ge=1, le=10_000_000)
     batch_size: int = Field(32, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0, le=1.0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=10_000_000)
     ema_decay: float = Field(0.99, ge=0, lt=1)
-    checkpoint_interval: int = Field(100, ge=1)
-    seed: int = Field(0, ge=0)
+    checkpoint_interval: int = Field(100, ge=1, le=10_000_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     precision: Precision = "fp32"
 
@@ -233,7 +270,7 @@ class EvaluateParams(StageParams):
                                                                    "Frechet distance compares against.")
     fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
                                                         "small-sample Frechet distance (named FD-inception-projN).")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     experts_prefix: str = "experts/registry"
     prepare_prefix: str = "prepare"
     cluster_prefix: str = "cluster"
