@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from hddm_core.models import build_expert_model, count_parameters, expert_config, flops_per_forward  # noqa: E402
+from hddm_core.models.presets import DIT_B_2  # noqa: E402
 
 
 def build_pixart(cfg):
@@ -54,7 +55,7 @@ def step_time(step) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="B/2")
+    parser.add_argument("--preset", default=DIT_B_2)
     parser.add_argument("--depth", type=int, default=2, help="blocks (the preset's own depth when 0)")
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=2)

@@ -13,8 +13,10 @@ import time
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.diffusion.predictions import EPS, VELOCITY
 from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
+from hddm_core.models.presets import TINY_16
 
 
 def main() -> None:
@@ -22,12 +24,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--preset", default="tiny-16")
+    ap.add_argument("--preset", default=TINY_16)
     args = ap.parse_args()
     torch.manual_seed(0)
     B, K = args.batch, args.experts
     cfg = expert_config(args.preset)
-    decls = [ExpertDeclaration("eps", "ddpm-linear", "discrete-999"), ExpertDeclaration("velocity", "linear", "continuous")]
+    decls = [ExpertDeclaration(EPS, "ddpm-linear", "discrete-999"), ExpertDeclaration(VELOCITY, "linear", "continuous")]
     nets = [build_expert_model(cfg).eval() for _ in range(K)]
     members = [EnsembleMember(f"e{k}", decls[k % 2], nets[k]) for k in range(K)]
     router = build_router(router_config(args.preset, K)).eval()

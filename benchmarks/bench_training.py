@@ -22,7 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from hddm_core.diffusion.objectives import FLOW_MATCHING  # noqa: E402
 from hddm_core.models import build_expert_model, count_parameters, expert_config  # noqa: E402
+from hddm_core.models.presets import TINY  # noqa: E402
 from hddm_core.training.config import ExpertTrainConfig  # noqa: E402
 from hddm_core.training.expert_trainer import build_loop  # noqa: E402
 
@@ -47,7 +49,7 @@ def reference_steps(model, opt, data, batch, steps, gen):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default=TINY)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=25, help="steps per round and per side")
     ap.add_argument("--rounds", type=int, default=6)
@@ -60,7 +62,7 @@ def main():
     total = args.steps * args.rounds
     cfg = ExpertTrainConfig(architecture=args.preset, latent_channels=mcfg.in_channels, latent_size=mcfg.input_size,
                             text_dim=mcfg.text_dim, steps=total, batch_size=args.batch, lr=1e-4, warmup_steps=10,
-                            checkpoint_interval=args.ckpt_every, keep_checkpoints=2, objective="flow-matching",
+                            checkpoint_interval=args.ckpt_every, keep_checkpoints=2, objective=FLOW_MATCHING,
                             caption_dropout=0.1, spike_factor=10.0, progress=True)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as root:
         loop = build_loop(cfg, data, root)

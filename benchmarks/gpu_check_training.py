@@ -24,7 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from hddm_core.diffusion.objectives import FLOW_MATCHING  # noqa: E402
 from hddm_core.models import count_parameters, expert_config, flops_per_forward  # noqa: E402
+from hddm_core.models.presets import DIT_B_2, DIT_XL_2, TINY_16  # noqa: E402
 from hddm_core.training.config import ExpertTrainConfig  # noqa: E402
 from hddm_core.training.expert_trainer import build_loop  # noqa: E402
 
@@ -64,7 +66,7 @@ def check(preset, args, device, peak_measured):
                             latent_channels=args.channels, latent_size=args.latent, image_resolution=args.latent * 8,
                             text_dim=args.text_dim, text_encoder="synthetic-tokens", steps=10**6,
                             batch_size=args.batch, lr=1e-4, checkpoint_interval=10**6, device=str(device),
-                            precision=args.precision, compile=args.compile, objective="flow-matching",
+                            precision=args.precision, compile=args.compile, objective=FLOW_MATCHING,
                             ema_decay=0.9999, progress=False, loss_plot=False, num_workers=args.workers)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as root:
         loop = build_loop(cfg, data, root)  # the step-0 checkpoint is written by run(), not here
@@ -98,7 +100,7 @@ def check(preset, args, device, peak_measured):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["B/2", "XL/2"])
+    ap.add_argument("--presets", nargs="+", default=[DIT_B_2, DIT_XL_2])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--latent", type=int, default=32)
     ap.add_argument("--channels", type=int, default=4)
@@ -113,7 +115,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny-16 at 16 px, 3 steps: checks the script runs")
     args = ap.parse_args()
     if args.smoke:
-        args.presets, args.batch, args.latent, args.channels = ["tiny-16"], 4, 16, 3
+        args.presets, args.batch, args.latent, args.channels = [TINY_16], 4, 16, 3
         args.tokens, args.text_dim, args.steps, args.warmup, args.peak_tflops = 8, 384, 3, 1, 0.0
         device = torch.device("cpu")
     else:

@@ -10,6 +10,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hddm_core.inference.routing import AUTO, CHOICES_WITH_AUTO
+
 from .options import add_model_options, model_from_args
 
 
@@ -24,8 +26,8 @@ class SampleParams(BaseModel):
     experts: list[str] = Field([], description="Expert folders/URLs; empty = every expert under experts_prefix.")
     experts_prefix: str = Field("experts/registry", description="Where the run's experts are.")
     router: Optional[str] = Field(None, description="Router folder/URL; empty = no router.")
-    routing: Literal["auto", "top-1", "top-2", "full", "threshold", "single"] = Field(
-        "auto", description="auto: top-2 with a router, else threshold (FM first) when DDPM and FM experts are "
+    routing: Literal[CHOICES_WITH_AUTO] = Field(
+        AUTO, description="auto: top-2 with a router, else threshold (FM first) when DDPM and FM experts are "
                             "present, else a uniform mix.")
     tau: float = Field(0.3, ge=0, le=1, description="Threshold router switch time.")
     images_per_prompt: int = Field(4, ge=1, le=64)
@@ -44,6 +46,7 @@ def _sample(args) -> int:
     from hddm_core.pipeline.evaluation import _expert_folders, _routings
     from hddm_core.inference.ensemble_sampler import sample_ensemble
     from hddm_core.inference.loading import load_ensemble
+    from hddm_core.inference.routing import resolve_name
     from hddm_core.pipeline.report import image_grid
     from hddm_core.storage import open_store
 
@@ -60,11 +63,8 @@ def _sample(args) -> int:
     tokens, mask = encoder.encode(prompts)
     cfg = ens.members[0].manifest["config"]
     shape = (int(cfg["in_channels"]), int(cfg["input_size"]), int(cfg["input_size"]))
-    mode = p.routing
-    if mode == "auto":
-        kinds = {m.declaration.prediction == "velocity" for m in ens.members}
-        mode = "top-2" if ens.router is not None and len(ens.members) > 1 else (
-            "threshold" if kinds == {True, False} else "single")
+    mode = resolve_name(p.routing, has_router=ens.router is not None,
+                        predictions=[m.declaration.prediction for m in ens.members])
     routings, skipped = _routings([mode], ens.members, ens.router is not None, p.tau)
     if not routings:
         raise ValueError(f"routing {mode!r} does not apply here: {skipped[0]}")

@@ -305,9 +305,10 @@ def import_dit_expert(source_path: str, store_or_dir, key_prefix: str, *, object
     from hddm_core.checkpoints.experts import save_expert
     from hddm_core.manifests import sha256_bytes
     from hddm_core.diffusion.objectives import get_objective
+    from hddm_core.diffusion.predictions import EPS
 
     declared = get_objective(objective, time_input=DIT_TIME_INPUT)
-    if keep_eps_head and declared.prediction != "eps":
+    if keep_eps_head and declared.prediction != EPS:
         raise ValueError(f"keep_eps_head keeps DiT's eps output rows; objective {objective!r} predicts "
                          f"{declared.prediction!r}, so its head must be reinitialised (keep_eps_head=False)")
     result = convert_dit_checkpoint(source_path, text_dim=text_dim, keep_eps_head=keep_eps_head, **convert_kwargs)

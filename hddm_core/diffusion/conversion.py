@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction
+from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction, is_velocity
 from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
 from hddm_core.diffusion.schedules import LinearPath, Schedule, get_schedule
 from hddm_core.diffusion.time_inputs import check_time_input, network_time
@@ -104,7 +104,7 @@ def velocity_from_prediction(pred, x, t, *, declaration: ExpertDeclaration, samp
                              x_expert, expert_coeffs, guard: Safeguards):
     """Prediction already computed at (x_expert, t_e) -> (velocity on sampler path, stats)."""
     stats = SafeguardStats()
-    if declaration.prediction == "velocity" and same_schedule(sampler, get_schedule(declaration.schedule)):
+    if is_velocity(declaration.prediction) and same_schedule(sampler, get_schedule(declaration.schedule)):
         return pred, stats  # native: no algebra and no damping for a velocity on the sampler's path
     prediction: Prediction = get_prediction(declaration.prediction)
     x0_hat, eps_hat = prediction.to_x0_eps(pred, x_expert, expert_coeffs, guard, stats)

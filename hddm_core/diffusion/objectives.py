@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction
+from hddm_core.diffusion.predictions import EPS, VELOCITY, X0, Prediction, _bcast, get_prediction
 from hddm_core.diffusion.schedules import NUM_TRAIN_STEPS, Schedule, get_schedule
 from hddm_core.diffusion.time_inputs import network_time
 
@@ -83,13 +83,15 @@ class Objective:
         return LossOutput(loss=(weights * per_sample).mean(), per_sample=per_sample.detach(), t=t)
 
 
+# The objectives: the one place their names are written (pipeline params, CLI choices, training
+# configs and manifests derive from this table).
+DDPM_EPS, FLOW_MATCHING, X0_OBJECTIVE = "ddpm-eps", "flow-matching", "x0"
 OBJECTIVES = {
-    "ddpm-eps": dict(prediction="eps", schedule="ddpm-linear", time_input="discrete-999",
-                     time_sampling="uniform-discrete"),
-    "flow-matching": dict(prediction="velocity", schedule="linear", time_input="scaled-1000",
-                          time_sampling="uniform"),
-    "x0": dict(prediction="x0", schedule="linear", time_input="scaled-1000", time_sampling="uniform"),
+    DDPM_EPS: dict(prediction=EPS, schedule="ddpm-linear", time_input="discrete-999", time_sampling="uniform-discrete"),
+    FLOW_MATCHING: dict(prediction=VELOCITY, schedule="linear", time_input="scaled-1000", time_sampling="uniform"),
+    X0_OBJECTIVE: dict(prediction=X0, schedule="linear", time_input="scaled-1000", time_sampling="uniform"),
 }
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
 
 
 def get_objective(name: str, **overrides) -> Objective:

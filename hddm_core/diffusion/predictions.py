@@ -11,6 +11,10 @@ import torch
 from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
 from hddm_core.diffusion.schedules import PathCoefficients
 
+# Prediction kinds: the one place their names are written (objectives, manifests, oracles and the
+# ensemble's DDPM/FM grouping derive from here).
+EPS, VELOCITY, X0 = "eps", "velocity", "x0"
+
 
 def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """[B] (or scalar) float64 coefficient -> broadcastable against like ([B, ...]) in its dtype."""
@@ -48,7 +52,7 @@ class Prediction:
 class EpsPrediction(Prediction):
     """DDPM epsilon-prediction (Ho et al. 2020)."""
 
-    name = "eps"
+    name = EPS
 
     def target(self, x0, eps, c):
         return eps
@@ -69,7 +73,7 @@ class EpsPrediction(Prediction):
 class VelocityPrediction(Prediction):
     """Flow-matching velocity v = alpha' x0 + sigma' eps on the expert's own path (eps - x0 on linear)."""
 
-    name = "velocity"
+    name = VELOCITY
 
     def target(self, x0, eps, c):
         return _bcast(c.d_alpha, x0) * x0 + _bcast(c.d_sigma, x0) * eps
@@ -90,7 +94,7 @@ class VelocityPrediction(Prediction):
 class X0Prediction(Prediction):
     """Clean-sample prediction."""
 
-    name = "x0"
+    name = X0
 
     def target(self, x0, eps, c):
         return x0
@@ -108,7 +112,7 @@ class X0Prediction(Prediction):
         return torch.ones_like(c.alpha)
 
 
-PREDICTIONS = {"eps": EpsPrediction, "velocity": VelocityPrediction, "x0": X0Prediction}
+PREDICTIONS = {cls.name: cls for cls in (EpsPrediction, VelocityPrediction, X0Prediction)}
 
 
 def get_prediction(name: str) -> Prediction:
@@ -116,3 +120,9 @@ def get_prediction(name: str) -> Prediction:
         return PREDICTIONS[name]()
     except KeyError:
         raise ValueError(f"unknown prediction type {name!r}; valid: {sorted(PREDICTIONS)}") from None
+
+
+def is_velocity(prediction: str) -> bool:
+    """Whether an expert predicts the flow-matching velocity (an "FM expert"); every other kind (eps, x0)
+    is grouped with the DDPM experts wherever the ensemble splits experts by kind (threshold routing)."""
+    return get_prediction(prediction).name == VELOCITY

@@ -14,11 +14,18 @@ the non-zero pattern). Modes (HDDM paper, sec. 3 and its threshold-router ablati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 
-MODES = ("top-k", "full", "threshold", "fixed")
-WITHIN = ("top-1", "full")
+from hddm_core.diffusion.predictions import is_velocity
+
+# Routing names: this module is the one place they are written. MODES are Routing's own modes;
+# ROUTING_NAMES (the table at the end) are the named modes users pick, mapped onto them.
+TOP_K, FULL, THRESHOLD, FIXED = "top-k", "full", "threshold", "fixed"
+TOP_1, TOP_2, SINGLE, AUTO = "top-1", "top-2", "single", "auto"
+MODES = (TOP_K, FULL, THRESHOLD, FIXED)
+WITHIN = (TOP_1, FULL)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,20 @@ class Routing:
     @classmethod
     def fixed(cls, weights) -> "Routing":
         return cls("fixed", weights=tuple(float(w) for w in weights))
+
+    @classmethod
+    def from_name(cls, name: str, *, predictions: Sequence[str], has_router: bool, tau: float = 0.5) -> "Routing":
+        """The Routing a named mode (ROUTING_NAMES, or 'auto') means for experts with these prediction kinds;
+        raises RoutingUnavailable ('<name>: <why>') when it does not apply to them."""
+        spec = named_routing(resolve_name(name, has_router=has_router, predictions=predictions))
+        ddpm, fm = kind_groups(predictions)
+        if spec.needs_router and not has_router:
+            raise RoutingUnavailable(f"{spec.name}: needs a router")
+        if len(predictions) < spec.min_experts:
+            raise RoutingUnavailable(f"{spec.name}: needs {'two' if spec.min_experts == 2 else spec.min_experts} experts")
+        if spec.needs_both_kinds and not (ddpm and fm):
+            raise RoutingUnavailable(f"{spec.name}: needs both DDPM and FM experts")
+        return spec.build(tau, ddpm, fm, len(predictions))
 
     @property
     def label(self) -> str:
@@ -150,3 +171,65 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of each row of probs [B, K] -> [B]."""
     p = probs.double()
     return -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+
+
+# -- named routing modes ---------------------------------------------------------------------------------
+class RoutingUnavailable(ValueError):
+    """A named routing mode that does not apply to this ensemble; the message is '<name>: <why>'."""
+
+
+def kind_groups(predictions: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(DDPM experts, FM experts): indices of the non-velocity and the velocity predictors."""
+    fm = tuple(i for i, p in enumerate(predictions) if is_velocity(p))
+    return tuple(i for i in range(len(predictions)) if i not in fm), fm
+
+
+@dataclass(frozen=True)
+class NamedRouting:
+    """A routing mode users pick by name (CLI, pipeline params, Prefect form) and the report label it shows."""
+
+    name: str
+    build: Callable[[float, tuple, tuple, int], "Routing"]  # (tau, ddpm, fm, num_experts) -> Routing
+    label: Callable[[float, int], str]  # (tau, num_experts) -> display label of the variant
+    needs_router: bool = False
+    min_experts: int = 1
+    needs_both_kinds: bool = False  # DDPM and FM experts (threshold)
+
+
+_NAMED = (
+    NamedRouting(TOP_1, lambda tau, ddpm, fm, n: Routing.top1(), lambda tau, n: TOP_1, needs_router=True),
+    NamedRouting(TOP_2, lambda tau, ddpm, fm, n: Routing.top_k(2), lambda tau, n: TOP_2, needs_router=True,
+                 min_experts=2),
+    NamedRouting(FULL, lambda tau, ddpm, fm, n: Routing.full(), lambda tau, n: FULL, needs_router=True),
+    # FM-first: FM experts at high noise, DDPM ones at t <= tau (paper, sec. 4)
+    NamedRouting(THRESHOLD, lambda tau, ddpm, fm, n: Routing.threshold(tau, low=ddpm, high=fm),
+                 lambda tau, n: f"{THRESHOLD} FM-first tau={tau:g}", needs_both_kinds=True),
+    NamedRouting(SINGLE, lambda tau, ddpm, fm, n: Routing.fixed([1.0] * n),
+                 lambda tau, n: "uniform mix" if n > 1 else "single expert"),
+)
+NAMED_ROUTINGS = {r.name: r for r in _NAMED}
+ROUTING_NAMES = tuple(NAMED_ROUTINGS)
+CHOICES_WITH_AUTO = (AUTO, *ROUTING_NAMES)
+
+
+def named_routing(name: str) -> NamedRouting:
+    try:
+        return NAMED_ROUTINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown routing mode {name!r}; valid: {list(ROUTING_NAMES)}") from None
+
+
+def resolve_name(name: str, *, has_router: bool, predictions: Sequence[str]) -> str:
+    """'auto' -> top-2 with a router (and two experts), else threshold when DDPM and FM experts are both
+    present, else single; any other name is returned as it is (once checked)."""
+    if name != AUTO:
+        return named_routing(name).name
+    if has_router and len(predictions) > 1:
+        return TOP_2
+    ddpm, fm = kind_groups(predictions)
+    return THRESHOLD if ddpm and fm else SINGLE
+
+
+def routing_label(name: str, *, tau: float, num_experts: int) -> str:
+    """The label a report shows for a named mode (e.g. 'threshold FM-first tau=0.3', 'uniform mix')."""
+    return named_routing(name).label(tau, num_experts)

@@ -14,12 +14,15 @@ from typing import Any
 ADALN_KINDS = ("single", "per-block")  # PixArt-alpha AdaLN-Single | DiT's per-block adaLN MLP
 POOL_KINDS = ("mean", "cls")
 
-# name -> (hidden_size, depth, num_heads)
+# Architecture presets: the one place their names are written (pipeline params, CLI choices and
+# training configs derive from PRESET_NAMES). DiT sizes: name -> (hidden_size, depth, num_heads).
+TINY, TINY_16 = "tiny", "tiny-16"
+DIT_XL_2, DIT_L_2, DIT_B_2, DIT_S_2 = "XL/2", "L/2", "B/2", "S/2"
 WIDTHS = {
-    "XL/2": (1152, 28, 16),
-    "L/2": (1024, 24, 16),
-    "B/2": (768, 12, 12),
-    "S/2": (384, 12, 6),
+    DIT_XL_2: (1152, 28, 16),
+    DIT_L_2: (1024, 24, 16),
+    DIT_B_2: (768, 12, 12),
+    DIT_S_2: (384, 12, 6),
 }
 _LATENT_DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4)
 # tiny: ~1.2M parameters, 32 x 32 RGB (pixel space), MiniLM-width (384) text.
@@ -123,20 +126,20 @@ def _preset_fields(name: str) -> dict:
     if name in WIDTHS:
         hidden, depth, heads = WIDTHS[name]
         return dict(_LATENT_DEFAULTS, hidden_size=hidden, depth=depth, num_heads=heads)
-    if name == "tiny":
+    if name == TINY:
         return dict(_TINY)
-    if name == "tiny-16":
+    if name == TINY_16:
         return dict(_TINY16)
     raise ValueError(f"unknown architecture preset {name!r}; valid: {PRESET_NAMES}")
 
 
-PRESET_NAMES = [*WIDTHS, "tiny", "tiny-16"]
+PRESET_NAMES = [*WIDTHS, TINY, TINY_16]
 
 
 def expert_config(preset: str, **overrides) -> DiTConfig:
     """DiTConfig for a preset name; overrides (text_dim, in_channels, input_size, ...) are validated."""
     fields = _preset_fields(preset)
-    if preset.startswith("tiny"):
+    if preset in (TINY, TINY_16):
         fields["text_dim"] = 384  # all-MiniLM-L6-v2, the text encoder the tests can load offline
     return DiTConfig(**{**fields, "preset": preset, **overrides})
 

@@ -14,6 +14,8 @@ import os
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.objectives import FLOW_MATCHING
+from hddm_core.diffusion.predictions import EPS, VELOCITY
 from hddm_core.oracles.gaussian import GaussianData
 from hddm_core.diffusion.sampling import euler_sample, per_sample_noise, time_grid
 
@@ -23,13 +25,13 @@ log = logging.getLogger(__name__)
 def run_gaussian_demo(out_dir: str, n: int = 2048, dim: int = 16, steps: int = 50,
                       mean: float = 0.5, std: float = 0.7) -> dict:
     data = GaussianData(mean, std)
-    ddpm_decl = ExpertDeclaration("eps", "ddpm-linear", "discrete-999")
-    fm_decl = ExpertDeclaration("velocity", "linear", "scaled-1000")
+    ddpm_decl = ExpertDeclaration(EPS, "ddpm-linear", "discrete-999")
+    fm_decl = ExpertDeclaration(VELOCITY, "linear", "scaled-1000")
     ddpm = VelocityExpert(data.ideal_network(ddpm_decl), ddpm_decl)
     fm = VelocityExpert(data.ideal_network(fm_decl), fm_decl)
     variants = {
         "ddpm-eps (converted)": ddpm,
-        "flow-matching": fm,
+        FLOW_MATCHING: fm,
         "mixture 50/50": lambda x, t, c: 0.5 * ddpm(x, t, c) + 0.5 * fm(x, t, c),
         "threshold tau=0.5 (FM first)": lambda x, t, c: fm(x, t, c) if float(t[0]) > 0.5 else ddpm(x, t, c),
     }

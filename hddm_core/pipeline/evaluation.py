@@ -34,28 +34,18 @@ def _expert_folders(store: ArtifactStore, params) -> list[str]:
 
 
 def _routings(modes, members, has_router: bool, tau: float):
-    from hddm_core.inference.routing import Routing
+    """[(label, Routing)] for the named modes that apply to these experts, and '<mode>: <why>' for the others."""
+    from hddm_core.inference.routing import Routing, RoutingUnavailable, routing_label
 
-    ddpm = tuple(i for i, m in enumerate(members) if m.declaration.prediction != "velocity")
-    fm = tuple(i for i, m in enumerate(members) if m.declaration.prediction == "velocity")
+    predictions = [m.declaration.prediction for m in members]
     out, skipped = [], []
     for mode in modes:
-        if mode in ("top-1", "top-2", "full") and not has_router:
-            skipped.append(f"{mode}: needs a router")
-        elif mode == "top-2" and len(members) < 2:
-            skipped.append("top-2: needs two experts")
-        elif mode == "threshold" and not (ddpm and fm):
-            skipped.append("threshold: needs both DDPM and FM experts")
-        elif mode == "top-1":
-            out.append(("top-1", Routing.top1()))
-        elif mode == "top-2":
-            out.append(("top-2", Routing.top_k(2)))
-        elif mode == "full":
-            out.append(("full", Routing.full()))
-        elif mode == "threshold":  # FM-first: FM experts at high noise, DDPM ones at t <= tau (paper, sec. 4)
-            out.append((f"threshold FM-first tau={tau:g}", Routing.threshold(tau, low=ddpm, high=fm)))
-        elif mode == "single":
-            out.append(("uniform mix" if len(members) > 1 else "single expert", Routing.fixed([1.0] * len(members))))
+        try:
+            routing = Routing.from_name(mode, predictions=predictions, has_router=has_router, tau=tau)
+        except RoutingUnavailable as exc:
+            skipped.append(str(exc))
+            continue
+        out.append((routing_label(mode, tau=tau, num_experts=len(members)), routing))
     return out, skipped
 
 

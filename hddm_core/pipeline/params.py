@@ -4,6 +4,8 @@ these models as parameters) and the command line (hddm_cli builds its options fr
 Pydantic v2 models with descriptions, enums (Literal) and bounds; invalid input is rejected when the
 model is built, before any work starts. No Prefect import here (hddm_core never imports prefect).
 Every stage model carries `artifact_root` (None: $HDDM_ARTIFACT_ROOT or ./artifacts) and `force`.
+The objective, architecture and routing-mode choices are derived from the tables of the modules that
+own them (diffusion.objectives, models.presets, inference.routing); no name is written here.
 """
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hddm_core.data.address_policy import check_allow_hosts
 from hddm_core.redact import has_url_credentials, mask_secrets
+from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING, OBJECTIVE_NAMES
+from hddm_core.inference.routing import FULL, ROUTING_NAMES, SINGLE, THRESHOLD, TOP_1, TOP_2
+from hddm_core.models.presets import PRESET_NAMES, TINY_16
 
-Objective = Literal["ddpm-eps", "flow-matching", "x0"]
-Architecture = Literal["tiny-16", "tiny", "S/2", "B/2", "L/2", "XL/2"]
-RoutingMode = Literal["top-1", "top-2", "full", "threshold", "single"]
+Objective = Literal[tuple(OBJECTIVE_NAMES)]
+Architecture = Literal[tuple(reversed(PRESET_NAMES))]  # smallest first
+RoutingMode = Literal[tuple(ROUTING_NAMES)]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16"]
 
@@ -207,7 +212,7 @@ class TrainingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
 
-    architecture: Architecture = Field("tiny-16", description="Model preset (tiny-16/tiny for CPU; S..XL are DiT sizes).")
+    architecture: Architecture = Field(TINY_16, description="Model preset (tiny-16/tiny for CPU; S..XL are DiT sizes).")
     steps: int = Field(200, ge=1, le=10_000_000)
     batch_size: int = Field(32, ge=1, le=65536)
     lr: float = Field(1e-3, gt=0, le=1.0)
@@ -221,7 +226,7 @@ class TrainingParams(BaseModel):
 
 class TrainExpertParams(StageParams):
     cluster_id: int = Field(0, ge=0, le=4095, description="The cluster this expert trains on (alone, one device).")
-    objective: Objective = Field("flow-matching", description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
+    objective: Objective = Field(FLOW_MATCHING, description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
     training: TrainingParams = Field(default_factory=TrainingParams)
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
     prepare_prefix: str = "prepare"
@@ -259,7 +264,7 @@ class RegisterExpertParams(StageParams):
 class EvaluateParams(StageParams):
     experts: list[str] = Field([], description="Expert folders/URLs; empty = every expert under experts_prefix.")
     router: Optional[str] = Field(None, description="Router folder/URL; empty = no router (single/threshold modes only).")
-    routing_modes: list[RoutingMode] = Field(["top-1", "top-2", "full", "threshold"], min_length=1,
+    routing_modes: list[RoutingMode] = Field([TOP_1, TOP_2, FULL, THRESHOLD], min_length=1,
                                              description="Routing modes to sample and compare (same seeds).")
     tau: float = Field(0.3, ge=0, le=1, description="Threshold router switch time (paper: 0.2-0.3 favours FID).")
     n_prompts: int = Field(8, ge=1, le=100000, description="Captions sampled from the prepared data.")
@@ -285,7 +290,7 @@ class PipelineParams(StageParams):
     embed: EmbedParams = Field(default_factory=EmbedParams)
     cluster: ClusterParams = Field(default_factory=ClusterParams)
     prepare: PrepareParams = Field(default_factory=PrepareParams)
-    objectives: list[Objective] = Field(["ddpm-eps", "flow-matching"], min_length=1,
+    objectives: list[Objective] = Field([DDPM_EPS, FLOW_MATCHING], min_length=1,
                                         description="Objectives assigned to clusters in turn (mixed = heterogeneous).")
     expert_training: TrainingParams = Field(default_factory=TrainingParams)
     router: TrainRouterParams = Field(default_factory=TrainRouterParams)
@@ -314,12 +319,12 @@ def demo_params(artifact_root: str) -> PipelineParams:
         embed=EmbedParams(embedder="inception-v3-fid", batch_size=32),
         cluster=ClusterParams(n_clusters=4, balance=True),
         prepare=PrepareParams(resolution=16, max_length=16),
-        objectives=["ddpm-eps", "flow-matching"],
+        objectives=[DDPM_EPS, FLOW_MATCHING],
         # 1000 steps: at 200 the 16 px samples were colour noise; at 1000-1500 they show each prompt's
         # layout and palette (measured on this CPU: ~50 s per expert with 2 threads)
-        expert_training=TrainingParams(architecture="tiny-16", steps=1000, batch_size=32, lr=2e-3, ema_decay=0.995,
+        expert_training=TrainingParams(architecture=TINY_16, steps=1000, batch_size=32, lr=2e-3, ema_decay=0.995,
                                        checkpoint_interval=250),
-        router=TrainRouterParams(training=TrainingParams(architecture="tiny-16", steps=400, batch_size=64, lr=2e-3,
+        router=TrainRouterParams(training=TrainingParams(architecture=TINY_16, steps=400, batch_size=64, lr=2e-3,
                                                          ema_decay=0.99, checkpoint_interval=200),
                                  eval_samples_per_bucket=32),
         evaluate=EvaluateParams(n_prompts=6, images_per_prompt=3, reference_images=48, steps=30, cfg_scale=1.5),

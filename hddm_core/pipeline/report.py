@@ -27,10 +27,17 @@ from hddm_core.metrics.usage import usage_summary
 from hddm_core.storage import ArtifactStore
 
 
+SWEEP_GROUP = "threshold:"  # group of a threshold tau sweep: "threshold:<order>", one curve per order
+
+
+def sweep_group(order: str) -> str:
+    return f"{SWEEP_GROUP}{order}"
+
+
 @dataclass
 class VariantResult:
     name: str
-    group: str  # "ensemble" | "routing" | "threshold:<order>" | "native" | ...
+    group: str  # "ensemble" | "routing" | sweep_group(order) | "native" | ...
     metrics: dict[str, MetricResult]
     ensemble: Any = None  # EnsembleResult (usage, entropy, safeguards), if the variant used the ensemble sampler
     samples: torch.Tensor | None = None  # [N, 3, H, W] in [-1, 1] or [N, d] vectors
@@ -112,7 +119,7 @@ def _quality_plot(results: EvaluationResults) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(v.name, _value(v, results.quality)) for v in results.variants if not v.group.startswith("threshold")]
+    rows = [(v.name, _value(v, results.quality)) for v in results.variants if not v.group.startswith(SWEEP_GROUP)]
     rows = [(n, q) for n, q in rows if q is not None]
     if not rows:
         return None
@@ -130,7 +137,7 @@ def _sweep_plot(results: EvaluationResults) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({v.group for v in results.variants if v.group.startswith("threshold")})
+    groups = sorted({v.group for v in results.variants if v.group.startswith(SWEEP_GROUP)})
     if not groups:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))

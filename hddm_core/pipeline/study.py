@@ -22,18 +22,19 @@ import numpy as np
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
+from hddm_core.diffusion.predictions import EPS, VELOCITY, is_velocity
 from hddm_core.inference.ensemble_sampler import sample_ensemble
 from hddm_core.inference.native import native_ddim_sample
 from hddm_core.inference.pool import EnsembleMember
-from hddm_core.inference.routing import Routing
+from hddm_core.inference.routing import Routing, kind_groups
 from hddm_core.metrics.result import MetricResult
-from hddm_core.pipeline.report import EvaluationResults, VariantResult
+from hddm_core.pipeline.report import EvaluationResults, VariantResult, sweep_group
 
 log = logging.getLogger(__name__)
 PAPER = {
     "ensemble": ("heterogeneous 2 DDPM + 6 FM vs homogeneous 8 FM", "FID 11.88 vs 12.45; LPIPS 0.631 vs 0.617"),
     "routing": ("Top-2 vs Full vs monolith (DiT-B/2, LAION-Art)", "FID 22.60 vs 47.89 vs 29.64"),
-    "threshold": ("threshold tau sweep", "tau 0.2-0.3 best FID, 0.4-0.5 most diverse"),
+    "tau-sweep": ("threshold tau sweep", "tau 0.2-0.3 best FID, 0.4-0.5 most diverse"),
     "order": ("DDPM-first vs FM-first", "FM-first (DDPM at t < 0.5) is the stable order"),
 }
 TAUS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -59,9 +60,7 @@ class StudyInputs:
 
 
 def _groups_by_prediction(members: Sequence[EnsembleMember]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    ddpm = tuple(i for i, m in enumerate(members) if m.declaration.prediction != "velocity")
-    fm = tuple(i for i, m in enumerate(members) if m.declaration.prediction == "velocity")
-    return ddpm, fm
+    return kind_groups([m.declaration.prediction for m in members])
 
 
 def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: Sequence[float] = TAUS,
@@ -90,7 +89,7 @@ def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: 
     if ddpm and fm:
         for order, (high, low) in {"FM-first": (fm, ddpm), "DDPM-first": (ddpm, fm)}.items():
             for tau in taus:
-                sweep[(order, tau)] = run(f"threshold {order} tau={tau:g}", f"threshold:{order}", inp.heterogeneous,
+                sweep[(order, tau)] = run(f"threshold {order} tau={tau:g}", sweep_group(order), inp.heterogeneous,
                                           Routing.threshold(tau, low=low, high=high), tau=tau, order=order)
     native = converted = None
     if inp.native_ddpm is not None:
@@ -115,7 +114,7 @@ def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: 
     if sweep:
         best = {o: min((t for (oo, t) in sweep if oo == o), key=lambda t: sweep[(o, t)].metrics[q].value
                        if sweep[(o, t)].metrics[q].ok else float("inf")) for o in ("FM-first", "DDPM-first")}
-        table.append({"comparison": PAPER["threshold"][0], "paper": PAPER["threshold"][1],
+        table.append({"comparison": PAPER["tau-sweep"][0], "paper": PAPER["tau-sweep"][1],
                       "this_run": f"best {q} at tau={best['FM-first']:g} (FM-first), {best['DDPM-first']:g} (DDPM-first)"})
         mean = lambda o: np.mean([sweep[(o, t)].metrics[q].value for t in taus if sweep[(o, t)].metrics[q].ok])  # noqa: E731
         table.append({"comparison": PAPER["order"][0], "paper": PAPER["order"][1],
@@ -153,11 +152,11 @@ def gaussian_study_inputs(reference_n: int = 20000, group_size: int = 8) -> Stud
 
     gm = GaussianMixture(means=(-2.0, 0.5, 3.0), stds=(0.5, 0.4, 0.7), weights=(0.3, 0.2, 0.5), dim=2)
     ref = feature_statistics(gm.sample(reference_n, torch.Generator().manual_seed(12345))[0].numpy(), "data (2-D)")
-    ddpm = ExpertDeclaration("eps", "ddpm-linear", "discrete-999")
-    fm = ExpertDeclaration("velocity", "linear", "continuous")
+    ddpm = ExpertDeclaration(EPS, "ddpm-linear", "discrete-999")
+    fm = ExpertDeclaration(VELOCITY, "linear", "continuous")
 
     def members(decls):
-        return [EnsembleMember(f"cluster{k}-{'ddpm' if d.prediction == 'eps' else 'fm'}", d, gm.expert_network(k, d))
+        return [EnsembleMember(f"cluster{k}-{'fm' if is_velocity(d.prediction) else 'ddpm'}", d, gm.expert_network(k, d))
                 for k, d in enumerate(decls)]
 
     def evaluate(x: torch.Tensor) -> dict:

@@ -4,6 +4,11 @@
 checkpoints, guards, seed, device, precision); `ExpertTrainConfig` adds what makes an expert
 (objective, architecture, latent space, text encoder, cluster, caption dropout, initialisation);
 `RouterTrainConfig` adds the router's (number of clusters, noise path, evaluation buckets).
+
+`from_params(*sources, **derived)` is the one mapping from a stage's parameters to a config: every
+field of the config that a source (a pydantic model or a mapping) also has is carried under the
+same name, derived values (resolved device, dataset facts) are passed by keyword, and the config
+validates the result once. No field is copied by hand, and this module knows nothing of the pipeline.
 """
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from hddm_core.diffusion.objectives import OBJECTIVES
+from hddm_core.diffusion.objectives import FLOW_MATCHING, OBJECTIVES
+from hddm_core.models.presets import TINY
 from hddm_core.diffusion.schedules import SCHEDULES
 from hddm_core.diffusion.time_inputs import TIME_INPUTS
 
@@ -119,6 +125,26 @@ class LoopConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_params(cls, *sources: Any, **derived: Any):
+        """The config from parameter objects: each field a source has under the same name is carried
+        (later sources win), then `derived` (values computed by the caller) on top; validated once here.
+
+        A source is a mapping or a pydantic model (read through model_dump); its other fields (prefixes,
+        nested models, ...) are ignored. A derived key that is not a field is an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(derived) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for source in sources:
+            data = source if isinstance(source, Mapping) else source.model_dump()
+            values.update({k: v for k, v in data.items() if k in known})
+        values.update(derived)
+        if "adam_betas" in values:
+            values["adam_betas"] = tuple(values["adam_betas"])
+        return cls(**values)
+
 
 INIT_SCRATCH = "scratch"
 
@@ -128,10 +154,10 @@ class ExpertTrainConfig(LoopConfig):
     """One expert, one cluster, one device (HDDM sec. 3: zero communication between experts)."""
 
     cluster_id: int = 0
-    objective: str = "flow-matching"  # ddpm-eps | flow-matching | x0 (hddm_core.diffusion.objectives)
+    objective: str = FLOW_MATCHING  # a name in hddm_core.diffusion.objectives.OBJECTIVES
     schedule: str | None = None  # None = the objective's own; else a schedules.SCHEDULES name
     time_input: str | None = None  # None = the objective's own
-    architecture: str = "tiny"  # preset name in hddm_core.models
+    architecture: str = TINY  # preset name in hddm_core.models
     latent_space: str = "pixel"  # "pixel" (3 x H) or "sd-vae" (4 x H/8): declared in the manifest
     latent_channels: int = 3
     latent_size: int = 32
@@ -182,7 +208,7 @@ class RouterTrainConfig(LoopConfig):
     """The router p(cluster | x_t, t): noisy latents on the sampler's path, cross-entropy."""
 
     num_clusters: int = 8
-    architecture: str = "tiny"  # router preset in hddm_core.models
+    architecture: str = TINY  # router preset in hddm_core.models
     latent_space: str = "pixel"
     latent_channels: int = 3
     latent_size: int = 32

@@ -127,3 +127,23 @@ def test_docs_run_blocks_exist():
     assert named_block("contributor")[-1].startswith("hddmp expert submit")
     assert any(c.startswith("hddmp data download") for c in named_block("readme-cli"))
     assert json.dumps(named_block("readme-evaluate"))
+
+
+def _option(argv: list[str], option: str):
+    """The argparse action of `option` in the sub-command reached by argv."""
+    parser = build_parser()
+    for word in argv:
+        parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+    return next(a for a in parser._actions if option in a.option_strings)
+
+
+def test_cli_choices_are_the_vocabulary_tables():
+    from hddm_core.diffusion.objectives import OBJECTIVES
+    from hddm_core.inference.routing import AUTO, ROUTING_NAMES
+    from hddm_core.models.presets import PRESET_NAMES
+
+    assert _option(["expert", "train"], "--objective").choices == list(OBJECTIVES)
+    assert set(_option(["expert", "train"], "--architecture").choices) == set(PRESET_NAMES)
+    assert set(_option(["router", "train"], "--architecture").choices) == set(PRESET_NAMES)
+    assert _option(["evaluate"], "--routing-modes").choices == list(ROUTING_NAMES)
+    assert _option(["sample"], "--routing").choices == [AUTO, *ROUTING_NAMES]

@@ -113,7 +113,7 @@ def test_cache_key_is_content_addressed(tmp_path):
     del m
     ref = stages.StageRef(stage="cluster", uri=store.uri("cluster"), prefix="cluster",
                           content_hash=stages.read_manifest(store, "cluster").content_hash)
-    stages._remember(store, "cluster", stages.stage_key("cluster", c), ref)
+    stages.remember(store, "cluster", stages.stage_key("cluster", c), ref)
     k = key_fn(None, {"params": c})
     assert k and k.startswith("hddm-cluster-")
     assert key_fn(None, {"params": c.model_copy(update={"force": True})}) is None  # force: recompute
