@@ -23,6 +23,7 @@ import numpy as np
 
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
+from hddm_core.data.safetensors_bytes import canonical_safetensors
 from hddm_core.data.text_encoders import NULL_CAPTION
 
 log = logging.getLogger(__name__)
@@ -191,19 +192,3 @@ def flush_rows(stream: str, rows: list) -> dict[str, bytes]:
         tensors["text_tokens"], tensors["text_mask"] = _pad_tokens([r[2] for _, r in rows])
         meta["captions"] = json.dumps([r[3] for _, r in rows])
     return {".safetensors": canonical_safetensors(save(tensors, metadata=meta))}
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same file with its metadata entries in sorted order. safetensors keeps metadata in a Rust
-    HashMap, so a file with two metadata keys comes out in either order from call to call; sorted,
-    a shard's bytes depend on its content alone (and equal across workers and runs)."""
-    import struct
-
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    if "__metadata__" in header:
-        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
-                  **{k: v for k, v in header.items() if k != "__metadata__"}}
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    return struct.pack("<Q", len(text)) + text + data[8 + n:]
