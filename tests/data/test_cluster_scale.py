@@ -110,3 +110,14 @@ def test_the_sampled_stage_on_two_dask_workers_equals_in_process(embedded):
     assert {k: manifest.outputs[k] for k in same} == {k: reference.outputs[k] for k in same}
     assert manifest.counts == reference.counts  # same sample, sizes
     assert read_assignments(store, "clu-dask") == single_process_labels(store, "clu-dask")
+
+
+def test_the_cluster_stage_runs_sampled_when_its_parameters_bound_the_memory(embedded):
+    from hddm_core.pipeline.params import ClusterParams
+    from hddm_core.pipeline.stages import run_cluster
+
+    params = ClusterParams(artifact_root=embedded.root, n_clusters=3, level_sizes=[6, 3], max_sample_bytes=512,
+                           resample_steps=3, embed_prefix="emb", prefix="clu-params")
+    ref = run_cluster(params)
+    assert ref.counts["fit"]["sample_rows"] == 16 and ref.counts["fit"]["max_sample_bytes"] == 512
+    assert read_assignments(embedded, "clu-params") == single_process_labels(embedded, "clu-params")

@@ -165,3 +165,18 @@ def test_a_worker_killed_mid_stage_loses_and_duplicates_nothing(world, cluster):
     os.kill(pid, signal.SIGKILL)
     manifest = run.result(timeout=300)
     assert_same_output(store, "killed", manifest, ref)  # complete; markers name each key once
+
+
+def test_prepare_parameters_name_the_encoders_the_workers_build():
+    from hddm_core.data.map_stages import prepare_spec
+    from hddm_core.pipeline.params import PrepareParams
+
+    params = PrepareParams(latent_space="sd-vae", resolution=64, text_encoder="clip", max_length=20, workers=4)
+    model = prepare_spec(params, "cuda")
+    assert model.kwargs == {
+        "latent": {"factory": "hddm_core.data.latents:SDVaeLatents.from_pretrained",
+                   "kwargs": {"model_id_or_path": "stabilityai/sd-vae-ft-mse", "resolution": 64, "device": "cuda"}},
+        "text": {"factory": "hddm_core.data.text_encoders:ClipTextEncoder.from_pretrained",
+                 "kwargs": {"model_id_or_path": "openai/clip-vit-large-patch14", "max_length": 20, "device": "cuda"}}}
+    pixel = prepare_spec(PrepareParams(), "cpu").kwargs
+    assert pixel["latent"] == {"factory": "hddm_core.data.latents:PixelSpace", "kwargs": {"resolution": 16}}
