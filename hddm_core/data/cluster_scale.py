@@ -59,6 +59,3 @@ def cluster_stage_sampled(store: ArtifactStore, out_prefix: str, embed_prefix: s
     log.info("cluster: fitted on %d of %d embeddings (%d bytes, bound %d) with %s", len(sample_keys), total,
              x.nbytes, fit.max_sample_bytes, counts["fit"]["device"])
     return manifest
-
-
-__all__ = ["CENTROIDS", "SampleFit", "cluster_stage_sampled"]
