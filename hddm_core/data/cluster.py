@@ -250,9 +250,11 @@ def save_centroids(result: HierarchicalClusters) -> bytes:
         tensors[f"level_{level}/centroids"] = np.ascontiguousarray(c, dtype=np.float32)
         if level > 0:
             tensors[f"level_{level}/parents"] = np.ascontiguousarray(p, dtype=np.int64)
-    return save(tensors, metadata={"level_sizes": json.dumps(result.level_sizes),
-                                   "normalize": json.dumps(result.normalize),
-                                   "rule": "nearest level-0 centroid, then parents of each level above"})
+    from hddm_core.data.safetensors_bytes import canonical_safetensors
+
+    return canonical_safetensors(save(tensors, metadata={  # canonical: the clustering version is its hash
+        "level_sizes": json.dumps(result.level_sizes), "normalize": json.dumps(result.normalize),
+        "rule": "nearest level-0 centroid, then parents of each level above"}))
 
 
 def load_centroids(path: str) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
@@ -268,40 +270,18 @@ def load_centroids(path: str) -> tuple[list[np.ndarray], list[np.ndarray], bool]
     return centroids, parents, bool(json.loads(meta["normalize"]))
 
 
-def _scan_samples(samples, labels_by_key: dict[str, int], config: ClusterConfig):
-    """One pass over the samples: group labels by key and the first thumbnails of each cluster."""
-    groups, thumbs = {}, {}
-    for s in samples:
-        if s.key not in labels_by_key:
-            continue
-        if config.group_field in (s.meta or {}):
-            groups[s.key] = str(s.meta[config.group_field])
-        c = labels_by_key[s.key]
-        bucket = thumbs.setdefault(c, [])
-        if len(bucket) < config.thumbnails_per_cluster:
-            im = s.image.convert("RGB").copy()
-            im.thumbnail((config.thumbnail_size, config.thumbnail_size))
-            bucket.append(im)
-    return groups, thumbs
-
-
 def cluster_stage(store, out_prefix: str, embed_prefix: str, config: ClusterConfig | None = None, *,
                   samples=None, force: bool = False):
     """Cluster the embed stage's embeddings; write assignments, centroids, sizes, picture, report.
 
     samples (optional, an iterable of Sample, e.g. iter_download_samples(store, download_prefix))
     supplies thumbnails for the picture and group labels (meta[group_field]) for the agreement.
+    All embeddings are held in this process; hddm_core.data.cluster_scale fits on a bounded sample.
     """
-    import io
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
-    from hddm_core.data import cluster_report
+    from hddm_core.data.cluster_outputs import write_cluster_outputs
     from hddm_core.data.embed import read_embeddings
     from hddm_core.data.sharded_stage import require_manifest
+    from hddm_core.manifests import completed, read_manifest
 
     config = (config or ClusterConfig()).validate()
     embed_manifest = require_manifest(store, embed_prefix, "embed")
@@ -317,41 +297,8 @@ def cluster_stage(store, out_prefix: str, embed_prefix: str, config: ClusterConf
     result = hierarchical_kmeans(x, config.n_clusters, config.level_sizes, seed=config.seed, n_iter=config.n_iter,
                                  n_redo=config.n_redo, normalize=config.normalize, balance=config.balance,
                                  balance_tolerance=config.balance_tolerance)
-    labels_by_key = dict(zip(keys, result.labels.tolist()))
-    sizes = np.bincount(result.labels, minlength=config.n_clusters).astype(int).tolist()
-    columns = {"key": keys, "cluster": result.labels.astype(np.int32)}
-    for level, lab in enumerate(result.labels_by_level[:-1]):
-        columns[f"level_{level}"] = lab.astype(np.int32)
-    buf = io.BytesIO()
-    pq.write_table(pa.table(columns), buf)
-    store.write_bytes(f"{out_prefix}/{ASSIGNMENTS}", buf.getvalue())
-    store.write_bytes(f"{out_prefix}/{CENTROIDS}", save_centroids(result))
-    store.write_json(f"{out_prefix}/{SIZES}", {"sizes": sizes, "level_sizes": result.level_sizes})
-
-    groups, thumbs = _scan_samples(samples, labels_by_key, config) if samples is not None else ({}, {})
-    report = {"stage_prefix": out_prefix, "embedder": embed_manifest.config["embedder"]["model"],
-              "n_samples": len(keys), "dim": int(x.shape[1]), "level_sizes": result.level_sizes,
-              "seed": config.seed, "balance": config.balance, "sizes": sizes, "group_field": config.group_field,
-              "agreement": None, "composition": None, "groups_known_for": len(groups)}
-    if groups:
-        scored = [k for k in keys if k in groups]
-        lab = [labels_by_key[k] for k in scored]
-        grp = [groups[k] for k in scored]
-        report["agreement"] = cluster_report.agreement(lab, grp, seed=config.seed)
-        report["composition"] = {str(c): v for c, v in cluster_report.cluster_composition(lab, grp).items()}
-    store.write_bytes(f"{out_prefix}/{PICTURE}", cluster_report.cluster_picture(
-        thumbs, sizes, title=f"{config.n_clusters} clusters of {report['embedder']} embeddings"))
-    store.write_json(f"{out_prefix}/{REPORT_JSON}", report)
-    store.write_bytes(f"{out_prefix}/{REPORT_MD}", cluster_report.report_markdown(report).encode())
-    log.info("cluster report:\n%s", cluster_report.report_markdown(report))
-
-    outputs = [ASSIGNMENTS, CENTROIDS, SIZES, PICTURE, REPORT_JSON, REPORT_MD]
-    counts = {"samples": len(keys), "sizes": sizes, "level_sizes": result.level_sizes,
-              "agreement": report["agreement"]}
-    manifest = StageManifest(stage=STAGE, config=cfg, config_hash=hash_config(cfg), inputs=inputs,
-                             outputs=describe_outputs(store, out_prefix, outputs), counts=counts)
-    write_manifest(store, out_prefix, manifest)
-    return manifest
+    return write_cluster_outputs(store, out_prefix, config, cfg, inputs, embed_manifest, keys, result.labels_by_level,
+                                 result, int(x.shape[1]), samples)
 
 
 def read_assignments(store, prefix: str) -> dict[str, int]:

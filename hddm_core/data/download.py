@@ -127,32 +127,41 @@ def run_download(store: ArtifactStore, input_key: str, prefix: str = "download",
         log.info("download already complete at %s; skipping", store.uri(prefix))
         return done
 
+    start_run(store, prefix, cfg, inputs, force, [SHARDS_DIR, SUMMARY_NAME])
+    columns = _input_columns(store, input_key)
+    extra = [c for c in columns if c not in _I2D_META]
+    spec = {"kwargs": i2d_kwargs(store, input_key, f"{prefix}/{SHARDS_DIR}", config, extra),
+            "guard": dataclasses.asdict(config.fetch_guard()) if config.guards else None}
+    run_img2dataset(spec, _subprocess_env(store))
+    return _finish(store, prefix, config, cfg, inputs)
+
+
+def start_run(store: ArtifactStore, prefix: str, cfg: dict, inputs: dict, force: bool, outputs: list[str]) -> None:
+    """Drop the manifest (readers stop trusting the old set first); drop `outputs` too unless this is
+    the same work resumed (same config and inputs as the run marker), which keeps completed shards."""
     run = {"config_hash": hash_config(cfg), "inputs": inputs}
     marker = f"{prefix}/{RUN_MARKER}"
     previous = store.read_json(marker) if store.exists(marker) else None
+    store.delete(f"{prefix}/{MANIFEST_NAME}")
     if force or previous != run:  # different work: nothing partial from before may be resumed
-        store.delete(f"{prefix}/{MANIFEST_NAME}")  # readers stop trusting the old set first
-        store.delete(f"{prefix}/{SHARDS_DIR}")
-        store.delete(f"{prefix}/{SUMMARY_NAME}")
+        for key in outputs:
+            store.delete(f"{prefix}/{key}")
         store.write_json(marker, run)
     else:
-        store.delete(f"{prefix}/{MANIFEST_NAME}")
         log.info("resuming download at %s from its completed shards", store.uri(prefix))
 
-    columns = _input_columns(store, input_key)
-    extra = [c for c in columns if c not in _I2D_META]
-    kwargs = dict(url_list=_store_url(store, input_key), output_folder=_store_url(store, f"{prefix}/{SHARDS_DIR}"),
-                  input_format="parquet", url_col="url", caption_col="caption", output_format="webdataset",
-                  save_additional_columns=extra or None, image_size=config.image_size,
-                  resize_mode=config.resize_mode, encode_format=config.encode_format,
-                  encode_quality=config.encode_quality, number_sample_per_shard=config.number_sample_per_shard,
-                  processes_count=config.processes_count, thread_count=config.thread_count,
-                  timeout=max(1, int(config.deadline_s)), retries=config.retries, enable_wandb=False,
-                  incremental_mode="incremental", max_shard_retry=config.max_shard_retry,
-                  extract_exif=False, compute_hash="sha256", distributor="multiprocessing")
-    spec = {"kwargs": kwargs, "guard": dataclasses.asdict(config.fetch_guard()) if config.guards else None}
-    run_img2dataset(spec, _subprocess_env(store))
-    return _finish(store, prefix, config, cfg, inputs)
+
+def i2d_kwargs(store: ArtifactStore, input_key: str, output_key: str, config: DownloadConfig, extra: list[str]) -> dict:
+    """img2dataset's arguments for one parquet (columns url, caption and `extra`, carried as they are)."""
+    return dict(url_list=_store_url(store, input_key), output_folder=_store_url(store, output_key),
+                input_format="parquet", url_col="url", caption_col="caption",
+                save_additional_columns=extra or None, output_format="webdataset", image_size=config.image_size,
+                resize_mode=config.resize_mode, encode_format=config.encode_format,
+                encode_quality=config.encode_quality, number_sample_per_shard=config.number_sample_per_shard,
+                processes_count=config.processes_count, thread_count=config.thread_count,
+                timeout=max(1, int(config.deadline_s)), retries=config.retries, enable_wandb=False,
+                incremental_mode="incremental", max_shard_retry=config.max_shard_retry,
+                extract_exif=False, compute_hash="sha256", distributor="multiprocessing")
 
 
 def run_img2dataset(spec: dict, env: dict | None = None) -> None:
@@ -171,8 +180,9 @@ def run_img2dataset(spec: dict, env: dict | None = None) -> None:
             raise RuntimeError(f"img2dataset exited with {proc.returncode}; log tail:\n{mask_secrets(tail)}")
 
 
-def _finish(store: ArtifactStore, prefix: str, config: DownloadConfig, cfg: dict, inputs: dict) -> StageManifest:
-    shard_keys = [k for k in store.list(f"{prefix}/{SHARDS_DIR}") if not k.startswith(f"{prefix}/{SHARDS_DIR}/_tmp")]
+def _finish(store: ArtifactStore, prefix: str, config: DownloadConfig, cfg: dict, inputs: dict,
+            extra_counts: dict | None = None, extra_outputs: tuple[str, ...] = ()) -> StageManifest:
+    shard_keys = [k for k in store.list(f"{prefix}/{SHARDS_DIR}") if "/_tmp" not in k[len(prefix):]]
     rel = sorted(posixpath.relpath(k, prefix) for k in shard_keys)
     stats_keys = [k for k in rel if k.endswith("_stats.json")]
     tars = [k for k in rel if k.endswith(".tar")]
@@ -199,8 +209,8 @@ def _finish(store: ArtifactStore, prefix: str, config: DownloadConfig, cfg: dict
                "failure_reasons": dict(reasons.most_common()), "per_shard": per_shard, "guards": config.guards}
     store.write_json(f"{prefix}/{SUMMARY_NAME}", summary)
     outputs = [k for k in rel if k.endswith((".tar", ".parquet", "_stats.json"))
-               and posixpath.basename(k)[:5].isdigit()] + [SUMMARY_NAME]
-    counts = {k: v for k, v in summary.items() if k != "per_shard"}
+               and posixpath.basename(k)[:5].isdigit()] + [SUMMARY_NAME] + list(extra_outputs)
+    counts = {**{k: v for k, v in summary.items() if k != "per_shard"}, **(extra_counts or {})}
     manifest = StageManifest(stage="download", config=cfg, config_hash=hash_config(cfg), inputs=inputs,
                              outputs=describe_outputs(store, prefix, outputs), counts=counts)
     write_manifest(store, prefix, manifest)
@@ -229,6 +239,15 @@ def _child_main(spec_path: str) -> None:
 
         guard = FetchGuard(**{**spec["guard"], "allow_hosts": tuple(spec["guard"]["allow_hosts"])})
         i2d_main.Downloader = make_guarded_downloader_factory(guard)
+    if spec.get("start_shard_id"):  # a part of a split parquet: its shard ids (and sample keys) follow the
+        base = i2d_main.Reader      # earlier parts', so keys are unique over the stage (download_laion)
+
+        class OffsetReader(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.start_shard_id = int(spec["start_shard_id"])
+
+        i2d_main.Reader = OffsetReader
     i2d_main.download(**spec["kwargs"])
 
 

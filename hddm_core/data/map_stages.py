@@ -1,4 +1,5 @@
-"""Embed and recaption stage parameters -> a map over work units (hddm_core.data.coordinator).
+"""Embed, recaption and prepare stage parameters -> a map over work units (hddm_core.data.coordinator);
+download parameters with `laion` -> parts as units (hddm_core.data.download_laion).
 
 The model travels to workers as a `ModelSpec` (factory name + kwargs) and is built there once per
 worker; the coordinator never loads it (a 7B captioner on the machine that only plans is waste).
@@ -50,3 +51,52 @@ def recaption_as_units(store: ArtifactStore, params, device: str, executor=None)
 
     return _run(recaption_units, store, params, recaption_spec(params, device),
                 RecaptionConfig(batch_size=params.batch_size), executor, device.startswith("cuda"))
+
+
+def prepare_spec(params, device: str) -> ModelSpec:
+    from hddm_core.data.prepare_units import encoders_spec
+
+    if params.latent_space == "pixel":
+        latent = ("hddm_core.data.latents:PixelSpace", {"resolution": params.resolution})
+    else:
+        latent = ("hddm_core.data.latents:SDVaeLatents.from_pretrained",
+                  {"model_id_or_path": params.vae_model, "resolution": params.resolution, "device": device})
+    if params.text_encoder == "minilm":
+        text = ("hddm_core.data.text_encoders:MiniLMTextEncoder", {"max_length": params.max_length, "device": device})
+    else:
+        text = ("hddm_core.data.text_encoders:ClipTextEncoder.from_pretrained",
+                {"model_id_or_path": params.clip_model, "max_length": params.max_length, "device": device})
+    return encoders_spec(*latent, *text)
+
+
+def prepare_as_units(store: ArtifactStore, params, device: str, executor=None):
+    from hddm_core.data.prepare import PrepareConfig
+    from hddm_core.data.prepare_join import prepare_units
+
+    source = DownloadSource(store.root, store.storage_options, params.download_prefix)
+    pool = None if executor is not None else ProcessPool(params.workers)
+    try:
+        return prepare_units(store, params.prefix, params.cluster_prefix, prepare_spec(params, device), source,
+                             captions_prefix=params.recaption_prefix if params.use_recaption else None,
+                             config=PrepareConfig(batch_size=params.batch_size), unit_size=params.unit_size,
+                             executor=executor or pool, gpu=device.startswith("cuda"), force=params.force)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def laion_download(store: ArtifactStore, params, config):
+    """source=parquet with `laion` set: filter, split into parts, one img2dataset run per part."""
+    from hddm_core.data.download_laion import LaionFilter, RecaptionSubset, run_laion_download
+
+    laion = params.laion
+    filters = LaionFilter(min_aesthetic=laion.min_aesthetic, min_width=laion.min_width, min_height=laion.min_height,
+                          min_caption_chars=laion.min_caption_chars, max_caption_chars=laion.max_caption_chars)
+    subset = RecaptionSubset(count=laion.recaption_count, score=laion.recaption_score)
+    pool = ProcessPool(laion.workers) if laion.workers > 1 else None  # None: parts in this process
+    try:
+        return run_laion_download(store, params.url_list_key, params.prefix, config, filters, subset,
+                                  rows_per_part=laion.rows_per_part, executor=pool, force=params.force)
+    finally:
+        if pool is not None:
+            pool.close()

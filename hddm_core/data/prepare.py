@@ -23,6 +23,7 @@ import numpy as np
 
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
+from hddm_core.data.safetensors_bytes import canonical_safetensors
 from hddm_core.data.text_encoders import NULL_CAPTION
 
 log = logging.getLogger(__name__)
@@ -80,27 +81,17 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
                             input_hash: str | None = None, captions_prefix: str | None = None,
                             config: PrepareConfig | None = None, force: bool = False, total: int | None = None):
     """Encode every clustered sample once into its cluster's shards and the router shards."""
-    from safetensors.numpy import save
-
     from hddm_core.data.cluster import read_assignments
-    from hddm_core.contrib.compatibility import clustering_version_from_sha
     from hddm_core.data.recaption import read_captions
 
     config = (config or PrepareConfig()).validate()
     items, inputs = sample_source(store, source_prefix, samples, input_hash)
-    inputs = {**inputs, "clusters": require_manifest(store, cluster_prefix, "cluster").content_hash}
+    inputs = stage_inputs(store, inputs, cluster_prefix, captions_prefix)
     captions = {}
     if captions_prefix is not None:
-        inputs["captions"] = require_manifest(store, captions_prefix, "recaption").content_hash
         captions = read_captions(store, captions_prefix)  # refuses captions of a random-init model
-    cluster_manifest = require_manifest(store, cluster_prefix, "cluster")
-    centroids = cluster_manifest.outputs.get("centroids.safetensors", {}).get("sha256")
-    full_config = {"latent": latent_space.describe(), "text": text_encoder.describe(),
-                   "n_clusters": int(cluster_manifest.config["n_clusters"]),
-                   # the run's clustering identity (hddm_core.contrib.compatibility): experts declare it
-                   "clustering_version": clustering_version_from_sha(centroids) if centroids else None,
-                   "caption_source": "recaption" if captions_prefix else "original",
-                   "batch_size": config.batch_size, "shard_size": config.shard_size}
+    full_config = stage_config(store, cluster_prefix, captions_prefix, latent_space.describe(),
+                               text_encoder.describe(), config)
     stage = ShardedStage(store, out_prefix, STAGE, full_config, inputs, config.shard_size, force)
     if (done := stage.already_completed()) is not None:
         log.info("prepare: %s already complete, skipped", store.uri(out_prefix))
@@ -124,12 +115,7 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
         return [cluster_stream(assignments[sample.key]), ROUTER_STREAM]
 
     def compute(batch):
-        texts = [caption_of(s) for s in batch]
-        latents = latent_space.encode([s.image for s in batch])
-        tokens, mask = text_encoder.encode(texts)
-        mean = latents["mean"].numpy()
-        std = latents["std"].numpy() if "std" in latents else [None] * len(batch)
-        return list(zip(mean, std, _trim(tokens, mask), texts))
+        return encode_batch(latent_space, text_encoder, [s.image for s in batch], [caption_of(s) for s in batch])
 
     def record(stream, sample, result):
         mean, std, tokens, text = result
@@ -137,26 +123,72 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
             return mean, std, assignments[sample.key]
         return mean, std, tokens, text
 
-    def flush(stream, _index, rows):
-        keys = [k for k, _ in rows]
-        tensors = {"latents": _check_f16("latents", np.stack([r[0] for _, r in rows]))}
-        if rows[0][1][1] is not None:
-            tensors["latent_std"] = _check_f16("latent_std", np.stack([r[1] for _, r in rows]))
-        meta = {"keys": json.dumps(keys)}
-        if stream == ROUTER_STREAM:
-            tensors["labels"] = np.asarray([r[2] for _, r in rows], np.int64)
-        else:
-            tensors["text_tokens"], tensors["text_mask"] = _pad_tokens([r[2] for _, r in rows])
-            meta["captions"] = json.dumps([r[3] for _, r in rows])
-        return {".safetensors": save(tensors, metadata=meta)}
+    seen = run_batched(stage, items, route, compute, record, lambda stream, _, rows: flush_rows(stream, rows),
+                       config.batch_size, "prepare", total)
+    store.write_bytes(f"{out_prefix}/{NULL_TEXT}", null_text_bytes(text_encoder))
+    return stage.finish(stage_counts(seen, stats, stage.stream_counts(), full_config["n_clusters"]),
+                        extra_outputs=[NULL_TEXT])
 
-    seen = run_batched(stage, items, route, compute, record, flush, config.batch_size, "prepare", total)
+
+def encode_batch(latent_space, text_encoder, images: list, texts: list[str]) -> list[tuple]:
+    """(latent mean, latent std or None, tokens [L_i, D] f16 cut to the caption, caption) per sample."""
+    latents = latent_space.encode(images)
+    tokens, mask = text_encoder.encode(texts)
+    mean = latents["mean"].numpy()
+    std = latents["std"].numpy() if "std" in latents else [None] * len(images)
+    return list(zip(mean, std, _trim(tokens, mask), texts))
+
+
+def stage_inputs(store: ArtifactStore, inputs: dict, cluster_prefix: str, captions_prefix: str | None) -> dict:
+    """The stage's inputs: the samples' hash, the cluster stage's and (optionally) the recaption stage's."""
+    inputs = {**inputs, "clusters": require_manifest(store, cluster_prefix, "cluster").content_hash}
+    if captions_prefix is not None:
+        inputs["captions"] = require_manifest(store, captions_prefix, "recaption").content_hash
+    return inputs
+
+
+def stage_config(store: ArtifactStore, cluster_prefix: str, captions_prefix: str | None, latent: dict, text: dict,
+                 config: PrepareConfig) -> dict:
+    """The stage's config (the run fingerprint): experts and contributors must match its latent and text."""
+    from hddm_core.contrib.compatibility import clustering_version_from_sha
+
+    cluster_manifest = require_manifest(store, cluster_prefix, "cluster")
+    centroids = cluster_manifest.outputs.get("centroids.safetensors", {}).get("sha256")
+    return {"latent": latent, "text": text, "n_clusters": int(cluster_manifest.config["n_clusters"]),
+            # the run's clustering identity (hddm_core.contrib.compatibility): experts declare it
+            "clustering_version": clustering_version_from_sha(centroids) if centroids else None,
+            "caption_source": "recaption" if captions_prefix else "original",
+            "batch_size": config.batch_size, "shard_size": config.shard_size}
+
+
+def stage_counts(seen: int, stats: dict, streams: dict[str, int], n_clusters: int) -> dict:
+    return {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
+            "clusters": {str(c): streams.get(cluster_stream(c), 0) for c in range(n_clusters)}}
+
+
+def null_text_bytes(text_encoder) -> bytes:
+    """The null caption's tokens and mask (classifier-free guidance), encoded once per stage."""
+    from safetensors.numpy import save
+
     null_tokens, null_mask = text_encoder.encode([NULL_CAPTION])
-    store.write_bytes(f"{out_prefix}/{NULL_TEXT}", save(
-        {"text_tokens": np.ascontiguousarray(null_tokens[0].numpy(), dtype=np.float16),
-         "text_mask": np.ascontiguousarray(null_mask[0].numpy(), dtype=np.uint8)},
-        metadata={"caption": NULL_CAPTION}))
-    streams = stage.stream_counts()
-    counts = {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
-              "clusters": {str(c): streams.get(cluster_stream(c), 0) for c in range(full_config["n_clusters"])}}
-    return stage.finish(counts, extra_outputs=[NULL_TEXT])
+    return save({"text_tokens": np.ascontiguousarray(null_tokens[0].numpy(), dtype=np.float16),
+                 "text_mask": np.ascontiguousarray(null_mask[0].numpy(), dtype=np.uint8)},
+                metadata={"caption": NULL_CAPTION})
+
+
+def flush_rows(stream: str, rows: list) -> dict[str, bytes]:
+    """One shard's file from its (key, record) rows, in order; a record is (mean, std, label) for the
+    router stream, (mean, std, tokens [L_i, D] f16, caption) for a cluster stream."""
+    from safetensors.numpy import save
+
+    keys = [k for k, _ in rows]
+    tensors = {"latents": _check_f16("latents", np.stack([r[0] for _, r in rows]))}
+    if rows[0][1][1] is not None:
+        tensors["latent_std"] = _check_f16("latent_std", np.stack([r[1] for _, r in rows]))
+    meta = {"keys": json.dumps(keys)}
+    if stream == ROUTER_STREAM:
+        tensors["labels"] = np.asarray([r[2] for _, r in rows], np.int64)
+    else:
+        tensors["text_tokens"], tensors["text_mask"] = _pad_tokens([r[2] for _, r in rows])
+        meta["captions"] = json.dumps([r[3] for _, r in rows])
+    return {".safetensors": canonical_safetensors(save(tensors, metadata=meta))}

@@ -92,6 +92,8 @@ class InputSource(Protocol):
 
     def iter_range(self, start: int, stop: int) -> Iterator[RawSample]: ...
 
+    def keys(self) -> list[str]: ...  # every sample's key in input order, reading no image
+
 
 class ListSource:
     """Samples in memory (picklable: shipped to each worker with the unit's job)."""
@@ -106,6 +108,21 @@ class ListSource:
 
     def iter_range(self, start: int, stop: int) -> Iterator[RawSample]:
         return (_Decoded(s) for s in self.samples[start:stop])
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.samples]
+
+
+def _tar_keys(fileobj) -> list[str]:
+    """Sample keys of one webdataset tar from its headers alone (a seekable file: data is skipped)."""
+    keys = []
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        for info in tar:
+            if info.isfile():
+                key = info.name.rsplit("/", 1)[-1].partition(".")[0]
+                if not keys or keys[-1] != key:  # members of one sample are adjacent (as _tar_members groups)
+                    keys.append(key)
+    return keys
 
 
 def _tar_members(fileobj) -> Iterator[_TarMembers]:
@@ -149,6 +166,16 @@ class DownloadSource:
 
     def count(self) -> int:
         return sum(self.lengths)
+
+    def keys(self) -> list[str]:
+        store, keys = self._store(), []
+        for tar, n in zip(self.tars, self.lengths):
+            with store.fs.open(store.path(f"{self.prefix}/{tar}"), "rb") as f:
+                part = _tar_keys(f)
+            if len(part) != n:
+                raise ValueError(f"{store.uri(f'{self.prefix}/{tar}')} holds {len(part)} samples, its stats say {n}")
+            keys += part
+        return keys
 
     def iter_range(self, start: int, stop: int) -> Iterator[RawSample]:
         store, offset = self._store(), 0

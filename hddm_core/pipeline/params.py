@@ -114,6 +114,23 @@ class EmbeddedParams(BaseModel):
     groups: Optional[list[str]] = Field(None, description="Unicode emoji groups to keep; empty = all but 'Component'.")
 
 
+class LaionParams(BaseModel):
+    """A LAION metadata parquet at scale (hddm_core.data.download_laion): filters, parts, recaption subset."""
+
+    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
+
+    min_aesthetic: Optional[float] = Field(None, description="Keep rows with aesthetic / AESTHETIC_SCORE >= this.")
+    min_width: int = Field(0, ge=0, description="Keep rows with WIDTH >= this (original size).")
+    min_height: int = Field(0, ge=0, description="Keep rows with HEIGHT >= this (original size).")
+    min_caption_chars: int = Field(1, ge=0)
+    max_caption_chars: Optional[int] = Field(None, ge=1)
+    rows_per_part: int = Field(100_000, ge=1, description="Kept rows per img2dataset run (a multiple of "
+                                                          "number_sample_per_shard); each part is one work unit.")
+    workers: int = Field(1, ge=1, le=1024, description="Parts downloaded at once (local processes).")
+    recaption_count: int = Field(0, ge=0, description="Size of the high-quality subset for recaptioning; 0 = none.")
+    recaption_score: str = Field("aesthetic", description="Column the subset is ranked by (high first).")
+
+
 class DownloadParams(StageParams):
     source: Literal["embedded", "parquet"] = Field(
         "embedded", description="embedded: render the embedded dataset, serve it on 127.0.0.1 and download it; "
@@ -127,6 +144,8 @@ class DownloadParams(StageParams):
     processes_count: int = Field(1, ge=1, le=256, description="img2dataset processes.")
     thread_count: int = Field(16, ge=1, le=1024, description="img2dataset threads per process.")
     allow_hosts: list[str] = Field([], description="host or host:port exempt from the private-address guard.")
+    laion: Optional[LaionParams] = Field(None, description="source=parquet at LAION scale: filters, parts as units, "
+                                                           "recaption subset; empty = one img2dataset run.")
     prefix: str = Field("download", description="Stage prefix in the store.")
 
     @field_validator("allow_hosts")
@@ -179,6 +198,10 @@ class ClusterParams(StageParams):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     n_iter: int = Field(25, ge=1, le=1000)
     balance: bool = Field(False, description="Capacity-balanced assignment (clusters of similar size).")
+    max_sample_bytes: Optional[int] = Field(None, ge=1, description="Fit on a seeded sample of at most this many "
+                                                                    "bytes of float32 embeddings, assign all as a map; "
+                                                                    "empty = fit on every embedding in one process.")
+    resample_steps: int = Field(10, ge=0, le=100, description="Vo et al. resampling steps per level (sampled fit).")
     embed_prefix: str = "embed"
     download_prefix: str = "download"
     prefix: str = "cluster"
@@ -205,6 +228,11 @@ class PrepareParams(StageParams):
     cluster_prefix: str = "cluster"
     recaption_prefix: str = "recaption"
     prefix: str = "prepare"
+    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
+    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
+                                                       "dask_address is empty; 1 = in this process.")
+    unit_size: Optional[int] = Field(None, ge=1, description="Clustered samples per work unit (a multiple of "
+                                                            "batch_size); empty = about one shard.")
 
 
 class TrainingParams(BaseModel):

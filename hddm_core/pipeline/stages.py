@@ -67,6 +67,11 @@ def run_download(params: DownloadParams) -> StageRef:
             url_list = write_laion_parquet(store, EMBEDDED_PREFIX, server.base_url, key=f"{EMBEDDED_PREFIX}/laion.parquet")
             config = DownloadConfig(**cfg, allow_hosts=(server.host_port, *params.allow_hosts))
             manifest = download(store, url_list, params.prefix, config, force=True)  # the URL list names a fresh port
+    elif params.laion is not None:
+        from hddm_core.data.map_stages import laion_download
+
+        config = DownloadConfig(**cfg, allow_hosts=tuple(params.allow_hosts))
+        manifest = laion_download(store, params, config)
     else:
         config = DownloadConfig(**cfg, allow_hosts=tuple(params.allow_hosts))
         manifest = download(store, params.url_list_key, params.prefix, config, force=params.force)
@@ -124,7 +129,8 @@ def run_embed(params: EmbedParams, executor=None) -> StageRef:
     return st.remember(ref_from_manifest(store, "embed", params.prefix, manifest, embedder=embedder.describe()["model"]))
 
 
-def run_cluster(params: ClusterParams) -> StageRef:
+def run_cluster(params: ClusterParams, executor=None) -> StageRef:
+    """max_sample_bytes: fit on a bounded sample, assign as a map (hddm_core.data.cluster_scale)."""
     from hddm_core.data.cluster import ClusterConfig, cluster_stage
     from hddm_core.data.shards import iter_download_samples
 
@@ -135,13 +141,21 @@ def run_cluster(params: ClusterParams) -> StageRef:
     config = ClusterConfig(n_clusters=params.n_clusters, level_sizes=params.level_sizes, seed=params.seed,
                            n_iter=params.n_iter, balance=params.balance)
     samples = iter_download_samples(store, params.download_prefix) if read_manifest(store, params.download_prefix) else None
-    manifest = cluster_stage(store, params.prefix, params.embed_prefix, config, samples=samples, force=params.force)
+    if params.max_sample_bytes is not None:
+        from hddm_core.data.cluster_scale import SampleFit, cluster_stage_sampled
+
+        fit = SampleFit(max_sample_bytes=params.max_sample_bytes, resample_steps=params.resample_steps)
+        manifest = cluster_stage_sampled(store, params.prefix, params.embed_prefix, config, fit, samples=samples,
+                                         executor=executor, force=params.force)
+    else:
+        manifest = cluster_stage(store, params.prefix, params.embed_prefix, config, samples=samples, force=params.force)
     return st.remember(ref_from_manifest(store, "cluster", params.prefix, manifest,
                                          picture=store.uri(f"{params.prefix}/clusters.png"),
                                          report_md=store.uri(f"{params.prefix}/report.md")))
 
 
-def run_prepare(params: PrepareParams) -> StageRef:
+def run_prepare(params: PrepareParams, executor=None) -> StageRef:
+    """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
     from hddm_core.data.latents import PixelSpace, SDVaeLatents
     from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
     from hddm_core.data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
@@ -151,6 +165,11 @@ def run_prepare(params: PrepareParams) -> StageRef:
         return st.reused
     store = st.store
     device = _device(params.device)
+    if executor is not None or params.workers > 1:
+        from hddm_core.data.map_stages import prepare_as_units
+
+        manifest = prepare_as_units(store, params, device, executor)
+        return st.remember(ref_from_manifest(store, "prepare", params.prefix, manifest))
     latent = (PixelSpace(params.resolution) if params.latent_space == "pixel"
               else SDVaeLatents.from_pretrained(params.vae_model, resolution=params.resolution, device=device))
     text = (MiniLMTextEncoder(max_length=params.max_length, device=device) if params.text_encoder == "minilm"
