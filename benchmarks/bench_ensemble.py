@@ -13,7 +13,7 @@ import time
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
+from hddm_core.inference import EnsembleExpertHandle, Routing, sample_ensemble
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     cfg = expert_config(args.preset)
     decls = [ExpertDeclaration("eps", "ddpm-linear", "discrete-999"), ExpertDeclaration("velocity", "linear", "continuous")]
     nets = [build_expert_model(cfg).eval() for _ in range(K)]
-    members = [EnsembleMember(f"e{k}", decls[k % 2], nets[k]) for k in range(K)]
+    members = [EnsembleExpertHandle(f"e{k}", decls[k % 2], nets[k]) for k in range(K)]
     router = build_router(router_config(args.preset, K)).eval()
     with torch.no_grad():  # a router head that prefers different experts for different samples
         router.head.linear.weight.normal_(0, 1.0)

@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,6 @@ class SafeguardStats:
     alpha_floored: int = 0  # samples where alpha < alpha_min
     sigma_floored: int = 0  # samples where sigma < sigma_min
     damped: int = 0  # samples whose velocity was rescaled
-    extra: dict = field(default_factory=dict)
 
     def add(self, other: "SafeguardStats") -> "SafeguardStats":
         return SafeguardStats(

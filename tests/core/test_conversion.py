@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert, expert_velocity
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField, expert_velocity
 from hddm_core.oracles.gaussian import GaussianData
 from hddm_core.diffusion.safeguards import Safeguards
 from hddm_core.diffusion.schedules import LinearPath
@@ -133,11 +133,11 @@ def test_property_converted_velocity_is_finite(t, magnitude, prediction, schedul
     x = torch.randn(3, 5, generator=g) * magnitude
     decl = ExpertDeclaration(prediction, schedule, time_input)
     net = lambda x_, nt, c: torch.randn(x_.shape, generator=torch.Generator().manual_seed(4)) * out_scale
-    expert = VelocityExpert(net, decl, sampler=get_schedule(sampler))
+    expert = ExpertVelocityField(net, decl, sampler=get_schedule(sampler))
     v = expert(x, torch.full((3,), t, dtype=torch.float64))
     assert torch.isfinite(v).all(), (t, magnitude, prediction, schedule, sampler)
     # the ideal expert of the same declaration is finite too, even at the endpoints
-    v_ideal = VelocityExpert(DATA.ideal_network(decl), decl, sampler=get_schedule(sampler))(
+    v_ideal = ExpertVelocityField(DATA.ideal_network(decl), decl, sampler=get_schedule(sampler))(
         x.double(), torch.full((3,), t, dtype=torch.float64))
     assert torch.isfinite(v_ideal).all()
 

@@ -4,9 +4,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField
 from hddm_core.oracles.gaussian import GaussianData
-from hddm_core.diffusion.sampling import (classifier_free_guidance, euler_sample, per_sample_noise, time_grid)
+from hddm_core.diffusion.guidance import classifier_free_guidance
+from hddm_core.diffusion.sampling import euler_sample, per_sample_noise, time_grid
 from hddm_core.diffusion.schedules import LinearPath
 
 DATA = GaussianData(mean=0.5, std=0.7)
@@ -15,7 +16,7 @@ N_SAMPLES, DIM = 4096, 16  # 65,536 draws: standard error of the std estimate ~0
 
 def ideal_expert(prediction, schedule, time_input="continuous"):
     decl = ExpertDeclaration(prediction, schedule, time_input)
-    return VelocityExpert(DATA.ideal_network(decl), decl)
+    return ExpertVelocityField(DATA.ideal_network(decl), decl)
 
 
 def sample_stats(velocity, steps=100):
@@ -113,7 +114,7 @@ def test_time_grids():
 def test_property_sampler_output_is_finite(magnitude, steps, prediction, schedule):
     decl = ExpertDeclaration(prediction, schedule, "continuous")
     net = lambda x, nt, c: torch.ones_like(x) * magnitude
-    expert = VelocityExpert(net, decl)
+    expert = ExpertVelocityField(net, decl)
     x = euler_sample(expert, torch.randn(2, 4, generator=torch.Generator().manual_seed(0)) * magnitude,
                      time_grid(steps))
     assert torch.isfinite(x).all()

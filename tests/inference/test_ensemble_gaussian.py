@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
+from hddm_core.inference import EnsembleExpertHandle, Routing, sample_ensemble
 from hddm_core.inference.native import native_ddim_sample
 from hddm_core.diffusion.safeguards import Safeguards
 
@@ -26,13 +26,13 @@ GUARD = Safeguards(data_rms=3.2)  # this mixture's RMS: the damping reference of
 def runs(mixture):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     router = mixture.posterior_router()
     out = {mode.label: sample_ensemble(members, SEEDS, (2,), router=router, routing=mode, dtype=torch.float64,
                                        guard=GUARD)
            for mode in (Routing.full(), Routing.top1(), Routing.top_k(3))}
     vd = ExpertDeclaration("velocity", "linear", "continuous")
-    out["monolith"] = sample_ensemble([EnsembleMember("mono", vd, mixture.ideal_network(vd))], SEEDS, (2,),
+    out["monolith"] = sample_ensemble([EnsembleExpertHandle("mono", vd, mixture.ideal_network(vd))], SEEDS, (2,),
                                       routing=Routing.fixed([1.0]), dtype=torch.float64)
     return out
 
@@ -94,7 +94,7 @@ def test_threshold_router_picks_the_right_expert_at_the_right_time(mixture):
             return net(x, t_net, cond)
         return f
 
-    members = [EnsembleMember(f"e{k}", d, tracking(k, mixture.expert_network(k, d))) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, tracking(k, mixture.expert_network(k, d))) for k, d in enumerate(MIXED)]
     tau = 0.3
     for order, (high, low) in {"fm-first": (1, 0), "ddpm-first": (0, 1)}.items():
         for v in calls.values():
@@ -112,7 +112,7 @@ def test_threshold_router_picks_the_right_expert_at_the_right_time(mixture):
 def test_threshold_groups_use_router_within_group(mixture):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     res = sample_ensemble(members, list(range(64)), (2,), router=mixture.posterior_router(),
                           routing=Routing.threshold(0.5, low=(0, 2), high=(1,)), dtype=torch.float64, steps=10)
     low = res.times <= 0.5
@@ -124,7 +124,7 @@ def test_threshold_groups_use_router_within_group(mixture):
 def test_per_sample_seeds_make_samples_batch_independent(mixture, runs):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     subset = [7, 3, 1200]
     alone = sample_ensemble(members, subset, (2,), router=mixture.posterior_router(), routing=Routing.top1(),
                             dtype=torch.float64, guard=GUARD)
