@@ -29,7 +29,7 @@ from hddm_core.inference.pool import ExpertPool, condition_batch, index_conditio
 from hddm_core.inference.routing import Routing, entropy, routing_weights
 
 Router = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # router(x [B, ...], t_net [B]) -> logits [B, K]
-STAT_KEYS = ("x0_clamped", "alpha_floored", "sigma_floored", "damped")
+STAT_KEYS = ("x0_clamped", "low_alpha_clamped", "sigma_floored", "damped")
 
 
 @dataclass

@@ -31,7 +31,7 @@ def test_ideal_expert_converts_to_the_analytic_velocity(prediction, schedule):
         t = torch.full((32,), tv, dtype=torch.float64)
         v, stats = expert_velocity(net, x, t, declaration=decl)
         assert torch.allclose(v, analytic_velocity(x, t), atol=1e-10, rtol=1e-10), (prediction, schedule, tv)
-        assert stats.as_dict() == {"x0_clamped": 0, "alpha_floored": 0, "sigma_floored": 0, "damped": 0}
+        assert stats.as_dict() == {"x0_clamped": 0, "low_alpha_clamped": 0, "sigma_floored": 0, "damped": 0}
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -91,7 +91,7 @@ def test_safeguards_clamp_floor_and_damp_at_high_noise():
     x = torch.full((2, 8), 50.0)
     t = torch.full((2,), 0.999, dtype=torch.float64)
     v, stats = expert_velocity(lambda x_, nt, c: torch.zeros_like(x_), x, t, declaration=decl)
-    assert stats.alpha_floored == 2 and stats.x0_clamped == 16 and stats.damped == 2
+    assert stats.low_alpha_clamped == 2 and stats.x0_clamped == 16 and stats.damped == 2
     rms = v.pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full((2,), 3.0 * 2**0.5), rtol=1e-5)
     # the same call with safeguards off divides by 0.001 and returns |v| ~ 5e4

@@ -132,12 +132,16 @@ def test_per_sample_seeds_make_samples_batch_independent(mixture, runs):
 
 
 def test_safeguard_counts_are_reported_per_step(runs):
-    full = runs["full"]
-    # The eps expert divides by alpha = 0 at t = 1: floored (alpha_safe = 0.01) once per sample, at step 0 only.
-    alpha_floored = full.safeguards[:, 0, 1]
-    assert int(alpha_floored[0]) == N and int(alpha_floored[1:].sum()) == 0
-    assert full.safeguard_totals()["alpha_floored"] == N
-    assert full.summary()["safeguards_per_step"][0]["alpha_floored"] == N
+    # Ideal experts pass untouched, the DDPM expert's first step at alpha = 0.0064 included.
+    assert runs["full"].safeguard_totals() == {"x0_clamped": 0, "low_alpha_clamped": 0, "sigma_floored": 0, "damped": 0}
+    # An eps expert answering 0 at t = 1 (alpha_e = 0.0064) gives x0_hat = x / 0.0064: clamped there only.
+    d = ExpertDeclaration("eps", "ddpm-linear", "continuous")
+    res = sample_ensemble([EnsembleExpertHandle("zero", d, lambda x, t, c: torch.zeros_like(x))], list(range(8)),
+                          (2,), routing=Routing.fixed([1.0]), dtype=torch.float64, steps=50)
+    low = res.safeguards[:, 0, 1]
+    assert int(low[0]) == 8 and int(low[1:].sum()) == 0
+    assert res.safeguard_totals()["low_alpha_clamped"] == 8
+    assert res.summary()["safeguards_per_step"][0]["low_alpha_clamped"] == 8
 
 
 def test_native_ddim_of_a_ddpm_monolith_reproduces_the_mixture(mixture):
