@@ -15,6 +15,9 @@
   damping_ratio times its expected size (so the Gaussian closed forms pass through untouched), and
   it is applied only to converted predictions, never to a native velocity on the sampler's path.
   damping_t_min defaults to 0.5 because the paper finds DDPM->velocity stable only for t < 0.5.
+  data_rms defaults to 1.0 (unit-scale latents); with other data it must come from the run's latent
+  statistics (Safeguards.for_data, or sample_ensemble's data_rms), else damping fires on correct
+  velocities of data with a larger RMS.
 """
 from __future__ import annotations
 
@@ -42,6 +45,22 @@ class Safeguards:
             raise ValueError(f"Safeguards.data_mean must be a finite number, got {self.data_mean!r}")
         if not 0.0 <= self.damping_t_min <= 1.0:
             raise ValueError(f"Safeguards.damping_t_min must be in [0, 1], got {self.damping_t_min!r}")
+
+    @classmethod
+    def for_data(cls, x0, **overrides) -> "Safeguards":
+        """Safeguards with data_mean and data_rms estimated from a sample of the run's clean latents.
+
+        x0: tensor or array [N, ...]; the estimates are scalars over every element. Damping then
+        measures velocities against this data's scale instead of the unit-scale default.
+        """
+        import torch
+
+        x = torch.as_tensor(x0).double()
+        if x.numel() == 0 or not bool(torch.isfinite(x).all()):
+            raise ValueError(f"Safeguards.for_data needs a non-empty, finite sample of latents, got shape "
+                             f"{tuple(x.shape)}")
+        stats = {"data_mean": float(x.mean()), "data_rms": max(float(x.pow(2).mean().sqrt()), 1e-12)}
+        return cls(**{**stats, **overrides})
 
     @classmethod
     def off(cls) -> "Safeguards":

@@ -6,6 +6,7 @@ t = 1 -> 0), then packs the field's per-step records into an EnsembleResult.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -59,7 +60,8 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
                     grid: torch.Tensor | None = None, sampler: Schedule | None = None,
                     guard: Safeguards | None = None, router_time_input: str = "continuous",
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    offload: bool = False, pool: ExpertPool | None = None, progress: bool = False) -> EnsembleResult:
+                    offload: bool = False, pool: ExpertPool | None = None, progress: bool = False,
+                    data_mean: float | None = None, data_rms: float | None = None) -> EnsembleResult:
     """Sample len(seeds) images (latents) of `shape` from an ensemble of experts.
 
     cond: per-sample conditioning (tensor or dict of tensors with batch len(seeds)) or None for
@@ -67,12 +69,16 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
     1 = no guidance, one pass per expert). null_cond: the unconditional conditioning (batch 1 or B);
     None means each expert's own learned null caption (networks with drop_captions, e.g. DiTExpert).
     Seeds fix each sample's noise independently of batch, routing mode and ensemble (per_sample_noise).
+    data_mean, data_rms: the run's latent statistics for the conversion (docs/safeguards.md); they
+    override the guard's values (defaults 0 and 1: centred unit-scale latents).
     """
     routing = routing or Routing.top1()
     pool = pool or ExpertPool(members, device=device, offload=offload)
     routing.check(len(pool), router is not None)
     sampler = sampler or LinearPath()
     guard = guard or Safeguards()
+    stats = {k: float(v) for k, v in (("data_mean", data_mean), ("data_rms", data_rms)) if v is not None}
+    guard = dataclasses.replace(guard, **stats) if stats else guard
     seeds = [int(s) for s in seeds]
     B = len(seeds)
     if B == 0:

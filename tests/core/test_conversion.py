@@ -155,3 +155,25 @@ def test_snr_matched_time_cache_equals_direct_bisection():
     # matched times have equal sigma/alpha (away from the expert's range ends)
     inner = t[(t > 0) & (t < 0.99)]
     assert torch.allclose(expert.log_snr(snr_matched_time(inner, sampler, expert)), sampler.log_snr(inner), atol=1e-9)
+
+
+def test_damping_leaves_ideal_experts_alone_given_the_data_scale():
+    """Data of mean 3 (RMS 3.08): with the unit-scale default damping rescales correct velocities;
+    with the statistics estimated from the data (Safeguards.for_data) it never fires."""
+    data = GaussianData(mean=3.0, std=0.7)
+    guard = Safeguards.for_data(data.sample(4096, generator=torch.Generator().manual_seed(0)))
+    assert abs(guard.data_rms - (9 + 0.49) ** 0.5) < 0.02 and abs(guard.data_mean - 3.0) < 0.02
+    damped_default = damped_fitted = 0
+    for prediction, schedule in itertools.product(PREDICTIONS, SCHEDULES):
+        decl = ExpertDeclaration(prediction, schedule, "continuous")
+        for tv in (0.5, 0.7, 0.9, 0.98, 1.0):
+            c = LinearPath().coefficients(torch.tensor(tv, dtype=torch.float64))
+            x = c.alpha * data.sample(256, generator=torch.Generator().manual_seed(2)) + \
+                c.sigma * torch.randn(256, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+            t = torch.full((256,), tv, dtype=torch.float64)
+            damped_default += expert_velocity(data.ideal_network(decl), x, t, declaration=decl,
+                                              guard=Safeguards(data_mean=3.0))[1].damped
+            damped_fitted += expert_velocity(data.ideal_network(decl), x, t, declaration=decl, guard=guard)[1].damped
+    assert damped_default > 0 and damped_fitted == 0, (damped_default, damped_fitted)
+    with pytest.raises(ValueError, match="non-empty, finite"):
+        Safeguards.for_data(torch.tensor([1.0, float("nan")]))
