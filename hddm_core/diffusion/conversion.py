@@ -23,7 +23,7 @@ import torch
 
 from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction
 from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
-from hddm_core.diffusion.schedules import LinearPath, PathCoefficients, Schedule, get_schedule
+from hddm_core.diffusion.schedules import SCHEDULES, LinearPath, PathCoefficients, Schedule, get_schedule
 from hddm_core.diffusion.time_inputs import check_time_input, network_time
 
 # network(x_e [B, ...], net_t [B], cond) -> prediction [B, ...]
@@ -34,13 +34,16 @@ Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 class ExpertDeclaration:
     """What an expert's network predicts, on which schedule, and how it reads time."""
 
-    prediction: str  # eps | velocity | x0
+    prediction: str  # eps | velocity | x0 | v-prediction (predictions.PREDICTIONS)
     schedule: str  # linear | ddpm-linear | cosine
     time_input: str  # discrete-999 | scaled-1000 | continuous
 
     def __post_init__(self):
-        get_prediction(self.prediction)
-        get_schedule(self.schedule)
+        schedule = get_schedule(self.schedule)
+        if get_prediction(self.prediction).variance_preserving_only and not schedule.variance_preserving:
+            vp = sorted(n for n, s in SCHEDULES.items() if s.variance_preserving)
+            raise ValueError(f"prediction {self.prediction!r} is defined on variance-preserving schedules only, "
+                             f"got schedule {self.schedule!r}; valid: {vp}")
         check_time_input(self.time_input)
 
 

@@ -41,6 +41,7 @@ def _clamp_x0(x0: torch.Tensor, guard: Safeguards, stats: SafeguardStats) -> tor
 
 class Prediction:
     name: str = "abstract"
+    variance_preserving_only: bool = False  # defined only on VP schedules (alpha^2 + sigma^2 = 1)
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, c: PathCoefficients) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
@@ -123,7 +124,33 @@ class X0Prediction(Prediction):
         return torch.ones_like(c.alpha)
 
 
-PREDICTIONS = {"eps": EpsPrediction, "velocity": VelocityPrediction, "x0": X0Prediction}
+class VPVPrediction(Prediction):
+    """Salimans & Ho (2022) v-prediction on a variance-preserving schedule: v = alpha eps - sigma x0.
+
+    Not the path velocity dx/dt ("velocity"): on a VP schedule with alpha = cos phi, sigma = sin phi
+    it is dx/dphi. Inverse (alpha^2 + sigma^2 = 1): x0 = alpha x_t - sigma v, eps = sigma x_t + alpha v;
+    written with det = alpha^2 + sigma^2 so rounding of a VP schedule stays harmless.
+    """
+
+    name = "v-prediction"
+    variance_preserving_only = True
+
+    def target(self, x0, eps, c):
+        return _bcast(c.alpha, x0) * eps - _bcast(c.sigma, x0) * x0
+
+    def to_x0_eps(self, pred, x_t, c, guard, stats):
+        det = _bcast(c.alpha**2 + c.sigma**2, x_t)
+        x0 = (_bcast(c.alpha, x_t) * x_t - _bcast(c.sigma, x_t) * pred) / det
+        eps = (_bcast(c.sigma, x_t) * x_t + _bcast(c.alpha, x_t) * pred) / det
+        return _clamp_x0(x0, guard, stats), eps
+
+    def x0_error_weight(self, c):
+        # v error = alpha deps - sigma dx0 with deps = -(alpha/sigma) dx0 -> -(alpha^2 + sigma^2)/sigma dx0.
+        return ((c.alpha**2 + c.sigma**2) / c.sigma) ** 2
+
+
+PREDICTIONS = {"eps": EpsPrediction, "velocity": VelocityPrediction, "x0": X0Prediction,
+               "v-prediction": VPVPrediction}
 
 
 def get_prediction(name: str) -> Prediction:
