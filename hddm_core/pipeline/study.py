@@ -95,7 +95,7 @@ def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: 
     native = converted = None
     if inp.native_ddpm is not None:
         m = inp.native_ddpm
-        x, _ = native_ddim_sample(m.network if m.network is not None else m.loader(), m.declaration, seeds,
+        x = native_ddim_sample(m.network if m.network is not None else m.loader(), m.declaration, seeds,
                                   inp.shape, steps=steps, cond=inp.cond, null_cond=inp.null_cond,
                                   cfg_scale=inp.cfg_scale)
         native = VariantResult(f"{m.name} native DDIM", "native", dict(inp.evaluate(x)), None, x)

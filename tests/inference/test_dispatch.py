@@ -150,7 +150,7 @@ def test_native_ddim_step_is_the_ddim_update():
 
     decl = ExpertDeclaration("eps", "ddpm-linear", "continuous")
     net = lambda x, t, c: 0.5 * x + 0.1  # noqa: E731 - any smooth eps 'network'
-    x2, _ = native_ddim_sample(net, decl, [0, 1, 2], (4,), steps=2, dtype=torch.float64)
+    x2 = native_ddim_sample(net, decl, [0, 1, 2], (4,), steps=2, dtype=torch.float64)
     s = DDPMLinearBeta()
     c1, ch = s.coefficients(torch.tensor(1.0, dtype=torch.float64)), s.coefficients(torch.tensor(0.5, dtype=torch.float64))
     x = per_sample_noise([0, 1, 2], (4,), dtype=torch.float64) * c1.sigma
@@ -158,3 +158,15 @@ def test_native_ddim_step_is_the_ddim_update():
     x = ch.alpha * (x - c1.sigma * eps) / c1.alpha + ch.sigma * eps  # DDIM t = 1 -> 0.5, unguarded
     eps = net(x, None, None)
     assert torch.allclose(x2, (x - ch.sigma * eps) / ch.alpha, atol=1e-10)  # last step returns x0_hat
+
+
+def test_native_ddim_runs_without_safeguards():
+    """An x0 'network' answering 50 (beyond the clamp of 20): the baseline keeps 50, as plain DDIM does."""
+    from hddm_core.inference.native import native_ddim_sample
+
+    decl = ExpertDeclaration("x0", "ddpm-linear", "continuous")
+    net = lambda x, t, c: torch.full_like(x, 50.0)  # noqa: E731
+    x2 = native_ddim_sample(net, decl, [0, 1], (3,), steps=2, dtype=torch.float64)
+    assert torch.allclose(x2, torch.full_like(x2, 50.0), atol=1e-9)  # last step returns x0_hat, unclamped
+    with pytest.raises(ValueError, match="native DDIM needs alpha\\(t=1\\) >= 0.0001.*'cosine'"):
+        native_ddim_sample(net, ExpertDeclaration("x0", "cosine", "continuous"), [0], (3,), steps=2)
