@@ -19,6 +19,15 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 GRIDS = ("uniform", "shifted")
 
 
+class NonFiniteError(FloatingPointError):
+    """A velocity, router output or sample became NaN or infinite; the message names where."""
+
+
+def bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B] bool: rows of x holding any NaN or infinity."""
+    return ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1)
+
+
 def time_grid(steps: int, kind: str = "uniform", shift: float = 1.0, t_max: float = 1.0,
               t_min: float = 0.0) -> torch.Tensor:
     """Descending times [steps + 1] from t_max to t_min (float64).
@@ -57,6 +66,14 @@ def check_grid(grid) -> torch.Tensor:
     return grid
 
 
+def _check_finite(x: torch.Tensor, what: str, step: int, s: float) -> None:
+    bad = bad_rows(x)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteError(f"non-finite {what} at step {step} (s={s:.6g}) in {len(rows)} of {x.shape[0]} rows "
+                             f"(first: {rows[:5]})")
+
+
 def euler_integrate(field: VelocityFn, x: torch.Tensor, grid: torch.Tensor, cond: Any = None, *,
                     progress: bool = False, desc: str = "sampling",
                     callback: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
@@ -65,7 +82,9 @@ def euler_integrate(field: VelocityFn, x: torch.Tensor, grid: torch.Tensor, cond
     for i in tqdm(range(len(grid) - 1), desc=desc, disable=not progress, leave=False):
         s, s_next = float(grid[i]), float(grid[i + 1])
         v = field(x, torch.full((x.shape[0],), s, dtype=torch.float64), cond)
+        _check_finite(v, "velocity", i, s)
         x = x - v * (s - s_next)  # Euler step: x_{s - ds} = x_s - f ds
+        _check_finite(x, "sample", i, s)
         if callback is not None:
             callback(i, s, x)
     return x

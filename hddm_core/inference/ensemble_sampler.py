@@ -32,6 +32,8 @@ class EnsembleResult:
     router_entropy: torch.Tensor  # [steps] mean entropy (nats) of p(k | x_t, t); NaN where no router ran
     weight_entropy: torch.Tensor  # [steps] mean entropy (nats) of the weights actually used
     safeguards: torch.Tensor  # [steps, K, 4] activation counts, columns STAT_KEYS
+    nonfinite: torch.Tensor  # [steps, K] rows whose non-finite velocity was dropped (policy "drop")
+    router_nonfinite: torch.Tensor  # [steps] router rows with non-finite logits, routed uniformly ("drop")
     counts: DispatchCounts
     expert_names: list[str]
     routing: Routing
@@ -51,6 +53,8 @@ class EnsembleResult:
             "weight_entropy": self.weight_entropy.tolist(),
             "safeguards_per_step": [{k: int(v) for k, v in zip(STAT_KEYS, row)} for row in self.safeguards.sum(1).tolist()],
             "safeguard_totals": self.safeguard_totals(), "dispatch": self.counts.as_dict(),
+            "nonfinite_dropped": dict(zip(self.expert_names, self.nonfinite.sum(0).tolist())),
+            "router_nonfinite": int(self.router_nonfinite.sum()),
         }
 
 
@@ -61,7 +65,8 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
                     guard: Safeguards | None = None, router_time_input: str = "continuous",
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     offload: bool = False, pool: ExpertPool | None = None, progress: bool = False,
-                    data_mean: float | None = None, data_rms: float | None = None) -> EnsembleResult:
+                    data_mean: float | None = None, data_rms: float | None = None,
+                    nonfinite: str = "fail") -> EnsembleResult:
     """Sample len(seeds) images (latents) of `shape` from an ensemble of experts.
 
     cond: per-sample conditioning (tensor or dict of tensors with batch len(seeds)) or None for
@@ -71,6 +76,8 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
     Seeds fix each sample's noise independently of batch, routing mode and ensemble (per_sample_noise).
     data_mean, data_rms: the run's latent statistics for the conversion (docs/safeguards.md); they
     override the guard's values (defaults 0 and 1: centred unit-scale latents).
+    nonfinite: "fail" (default) raises NonFiniteError naming the expert or router and the step at the
+    first NaN/inf; "drop" drops such rows from the mix and counts them (ensemble_field.py).
     """
     routing = routing or Routing.top1()
     pool = pool or ExpertPool(members, device=device, offload=offload)
@@ -88,7 +95,8 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
     check_scale(cfg_scale)
     grid = time_grid(steps) if grid is None else torch.as_tensor(grid, dtype=torch.float64)
     velocity = EnsembleVelocityField(pool, routing=routing, router=router, sampler=sampler, guard=guard,
-                                     null_cond=null_cond, cfg_scale=cfg_scale, router_time_input=router_time_input)
+                                     null_cond=null_cond, cfg_scale=cfg_scale, router_time_input=router_time_input,
+                                     nonfinite=nonfinite)
     noise = per_sample_noise(seeds, shape, dtype=dtype, device=device)
     x = euler_sample(velocity, noise, grid, cond, sampler=sampler, progress=progress,
                      desc=f"ensemble {routing.label}")
@@ -97,5 +105,7 @@ def sample_ensemble(members: Sequence[EnsembleExpertHandle], seeds: Sequence[int
                           router_entropy=torch.tensor(velocity.router_entropy, dtype=torch.float64),
                           weight_entropy=torch.tensor(velocity.weight_entropy, dtype=torch.float64),
                           safeguards=torch.stack(velocity.safeguards), counts=velocity.counts,
+                          nonfinite=torch.stack(velocity.dropped),
+                          router_nonfinite=torch.tensor(velocity.router_nonfinite, dtype=torch.long),
                           expert_names=[m.name for m in pool.members], routing=routing, seeds=seeds,
                           pool_events=list(pool.events))
