@@ -20,6 +20,7 @@ per call, so build a fresh field for every run.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -82,6 +83,9 @@ class EnsembleVelocityField:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"unknown non-finite policy {nonfinite!r}; valid: {list(NONFINITE_POLICIES)}")
         self.nonfinite = nonfinite
+        # an expert's own data mean is its exact x0 at pure noise (docs/safeguards.md)
+        self.guards = [guard if m.data_mean is None else dataclasses.replace(guard, data_mean=float(m.data_mean))
+                       for m in pool.members]
         self.pool, self.routing, self.router, self.sampler, self.guard = pool, routing, router, sampler, guard
         self.null_cond, self.cfg_scale, self.router_time_input = null_cond, cfg_scale, router_time_input
         K = len(pool)
@@ -128,7 +132,7 @@ class EnsembleVelocityField:
         def convert(xx: torch.Tensor, tt: torch.Tensor, cc: Any) -> torch.Tensor:
             nonlocal stats
             v, stats = velocity_at_shared_t(network, xx, t, cc, declaration=self.pool.members[k].declaration,
-                                            sampler=self.sampler, guard=self.guard)
+                                            sampler=self.sampler, guard=self.guards[k])
             self.counts.expert_calls[k] += 1
             self.counts.expert_rows[k] += xx.shape[0]
             return v

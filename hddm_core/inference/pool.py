@@ -26,7 +26,8 @@ class EnsembleExpertHandle:
     network to velocity itself, with the ensemble's sampler path and safeguards.
 
     latent_space / text_encoder identify what the expert reads and writes (e.g. "sd-vae-ft-ema@0.18215",
-    "all-MiniLM-L6-v2/384"); experts that disagree cannot be mixed.
+    "all-MiniLM-L6-v2/384"); experts that disagree cannot be mixed. data_mean, when given, replaces
+    the ensemble's Safeguards.data_mean for this expert (docs/safeguards.md: the t = 1 end).
     """
 
     name: str
@@ -36,6 +37,7 @@ class EnsembleExpertHandle:
     latent_space: str | None = None
     text_encoder: str | None = None
     manifest: dict = field(default_factory=dict)
+    data_mean: float | None = None  # mean of this expert's training data: its eps inverse at pure noise
 
     def __post_init__(self):
         if self.network is None and self.loader is None:
