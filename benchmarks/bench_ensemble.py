@@ -14,7 +14,7 @@ import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.diffusion.predictions import EPS, VELOCITY
-from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
+from hddm_core.inference import EnsembleExpertHandle, Routing, sample_ensemble
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
 from hddm_core.models.presets import TINY_16
 
@@ -31,7 +31,7 @@ def main() -> None:
     cfg = expert_config(args.preset)
     decls = [ExpertDeclaration(EPS, "ddpm-linear", "discrete-999"), ExpertDeclaration(VELOCITY, "linear", "continuous")]
     nets = [build_expert_model(cfg).eval() for _ in range(K)]
-    members = [EnsembleMember(f"e{k}", decls[k % 2], nets[k]) for k in range(K)]
+    members = [EnsembleExpertHandle(f"e{k}", decls[k % 2], nets[k]) for k in range(K)]
     router = build_router(router_config(args.preset, K)).eval()
     with torch.no_grad():  # a router head that prefers different experts for different samples
         router.head.linear.weight.normal_(0, 1.0)

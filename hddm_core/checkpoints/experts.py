@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from hddm_core import __version__
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField
 from hddm_core.models.dit import build_expert_model, count_parameters
 from hddm_core.models.presets import DiTConfig, RouterConfig
 from hddm_core.models.router import build_router
@@ -407,7 +407,7 @@ def _validate(location, kind_name: str | None, max_bytes: int, check_hash: bool,
         return [Check("schema", False, f"manifest is {size} bytes (limit {MAX_HEADER_BYTES})")], None, store, kind, None
     try:
         raw = store.read_json(name)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return [Check("schema", False, f"{store.uri(name)} is not JSON: {exc}")], None, store, kind, None
     if kind is None:
         kind = _BY_FORMAT.get(raw.get("format")) if isinstance(raw, dict) else None
@@ -471,9 +471,9 @@ def load_router(location, *, device: str | torch.device = "cpu",
     return LoadedRouter(*_load(location, "router", device, max_bytes))
 
 
-def velocity_expert_from_loaded(loaded: LoadedExpert, sampler=None, guard=None) -> VelocityExpert:
+def velocity_expert_from_loaded(loaded: LoadedExpert, sampler=None, guard=None) -> ExpertVelocityField:
     """The loaded expert as a velocity field on the sampler's path (hddm_core.diffusion.conversion)."""
-    return VelocityExpert(loaded.model, loaded.manifest.declaration, sampler=sampler, guard=guard)
+    return ExpertVelocityField(loaded.model, loaded.manifest.declaration, sampler=sampler, guard=guard)
 
 
 def _state_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:

@@ -23,7 +23,7 @@ import torch
 
 from hddm_core.diffusion.predictions import Prediction, _bcast, get_prediction, is_velocity
 from hddm_core.diffusion.safeguards import Safeguards, SafeguardStats
-from hddm_core.diffusion.schedules import LinearPath, Schedule, get_schedule
+from hddm_core.diffusion.schedules import SCHEDULES, LinearPath, PathCoefficients, Schedule, get_schedule
 from hddm_core.diffusion.time_inputs import check_time_input, network_time
 
 # network(x_e [B, ...], net_t [B], cond) -> prediction [B, ...]
@@ -34,13 +34,16 @@ Network = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 class ExpertDeclaration:
     """What an expert's network predicts, on which schedule, and how it reads time."""
 
-    prediction: str  # eps | velocity | x0
+    prediction: str  # eps | velocity | x0 | v-prediction (predictions.PREDICTIONS)
     schedule: str  # linear | ddpm-linear | cosine
     time_input: str  # discrete-999 | scaled-1000 | continuous
 
     def __post_init__(self):
-        get_prediction(self.prediction)
-        get_schedule(self.schedule)
+        schedule = get_schedule(self.schedule)
+        if get_prediction(self.prediction).variance_preserving_only and not schedule.variance_preserving:
+            vp = sorted(n for n, s in SCHEDULES.items() if s.variance_preserving)
+            raise ValueError(f"prediction {self.prediction!r} is defined on variance-preserving schedules only, "
+                             f"got schedule {self.schedule!r}; valid: {vp}")
         check_time_input(self.time_input)
 
 
@@ -128,8 +131,26 @@ def expert_velocity(network: Network, x: torch.Tensor, t: torch.Tensor, cond: An
                                     x_expert=x_e, expert_coeffs=ce, guard=guard)
 
 
-class VelocityExpert:
-    """An expert presented to samplers as a velocity field v(x, t, cond) on the sampler's path.
+def velocity_at_shared_t(network: Network, x: torch.Tensor, t: float, cond: Any, *,
+                         declaration: ExpertDeclaration, sampler: Schedule, guard: Safeguards):
+    """expert_velocity for a batch that shares one time t (every Euler step of an ensemble).
+
+    Same algebra and safeguards; the schedule mapping (SNR matching, a bisection for VP schedules)
+    runs once per call instead of once per row.
+    """
+    n = x.shape[0]
+    t1 = torch.tensor([t], dtype=torch.float64)
+    x_e, t_e, ce = map_to_expert_frame(x, t1, sampler, get_schedule(declaration.schedule))
+    net_t = network_time(t_e, declaration.time_input).to(device=x.device, dtype=x.dtype).expand(n)
+    pred = network(x_e, net_t, cond)
+    ce_n = PathCoefficients(*(torch.as_tensor(f).reshape(-1).expand(n) for f in
+                              (ce.alpha, ce.sigma, ce.d_alpha, ce.d_sigma)))
+    return velocity_from_prediction(pred, x, torch.full((n,), t, dtype=torch.float64), declaration=declaration,
+                                    sampler=sampler, x_expert=x_e, expert_coeffs=ce_n, guard=guard)
+
+
+class ExpertVelocityField:
+    """One expert network presented to samplers as a velocity field v(x, t, cond) on the sampler's path.
 
     Samplers never branch on prediction type, schedule or time input: this wrapper owns them.
     `last_stats` holds the safeguard activation counts of the latest call.

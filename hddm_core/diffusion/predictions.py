@@ -3,6 +3,13 @@
 This is the one contract between objectives (which need `target`) and the conversion module
 (which needs `to_x0_eps`), in the spirit of k-diffusion's denoiser wrappers. All formulas use
 x_t = alpha x0 + sigma eps and the path velocity v = alpha' x0 + sigma' eps.
+
+The t = 1 end for eps-predictors (one treatment, docs/safeguards.md): x0_hat = (x_t - sigma eps)/alpha
+is divided by the true alpha however small (no alpha_safe = max(alpha, 0.01): that floor shrinks a
+correct x0_hat by alpha/0.01 and moved an ideal expert's sample mean 0.21 off a data mean of 3 in
+10 Euler steps); below alpha_min the x0 clamp alone bounds it ("clamp-only"). Where alpha <= ALPHA_ZERO
+(pure noise: the linear and cosine paths at t = 1) x_t is independent of x0, the eps prediction
+holds no information about x0, and the exact limit E[x0 | x_t] = E[x0] = Safeguards.data_mean is used.
 """
 from __future__ import annotations
 
@@ -13,7 +20,10 @@ from hddm_core.diffusion.schedules import PathCoefficients
 
 # Prediction kinds: the one place their names are written (objectives, manifests, oracles and the
 # ensemble's DDPM/FM grouping derive from here).
-EPS, VELOCITY, X0 = "eps", "velocity", "x0"
+EPS, VELOCITY, X0, V_PREDICTION = "eps", "velocity", "x0", "v-prediction"
+# alpha at or below this is pure noise for the eps inverse: rounding of x_t - sigma eps (~1e-7 |x| in
+# float32) divided by alpha would exceed ~10% of |x|, and at alpha = 0 it is 0/0.
+ALPHA_ZERO = 1e-6
 
 
 def _bcast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -34,6 +44,7 @@ def _clamp_x0(x0: torch.Tensor, guard: Safeguards, stats: SafeguardStats) -> tor
 
 class Prediction:
     name: str = "abstract"
+    variance_preserving_only: bool = False  # defined only on VP schedules (alpha^2 + sigma^2 = 1)
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, c: PathCoefficients) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
@@ -58,12 +69,16 @@ class EpsPrediction(Prediction):
         return eps
 
     def to_x0_eps(self, pred, x_t, c, guard, stats):
-        alpha = c.alpha
-        if guard.enabled:
-            stats.alpha_floored += int((alpha < guard.alpha_min).sum().item())
-            alpha = alpha.clamp_min(guard.alpha_min)  # alpha_safe = max(alpha, 0.01)
+        alpha = torch.as_tensor(c.alpha, dtype=torch.float64)
+        noise_only = alpha <= ALPHA_ZERO
         # x0_hat = (x_t - sigma eps_hat) / alpha; on the linear path (x_t - t eps)/(1 - t) (paper).
-        x0 = (x_t - _bcast(c.sigma, x_t) * pred) / _bcast(alpha, x_t)
+        x0 = (x_t - _bcast(c.sigma, x_t) * pred) / _bcast(torch.where(noise_only, 1.0, alpha), x_t)
+        if bool(noise_only.any()):  # E[x0 | x_t] = E[x0] at pure noise (module docstring)
+            x0 = torch.where(_bcast(noise_only, x0).bool(), torch.full_like(x0, guard.data_mean), x0)
+        if guard.enabled:
+            low = (alpha < guard.alpha_min) & ~noise_only
+            bad = (x0.abs() > guard.x0_clamp) | torch.isnan(x0)
+            stats.low_alpha_clamped += int((low.to(x0.device) & bad.flatten(1).any(1)).sum().item())
         return _clamp_x0(x0, guard, stats), pred
 
     def x0_error_weight(self, c):
@@ -112,7 +127,32 @@ class X0Prediction(Prediction):
         return torch.ones_like(c.alpha)
 
 
-PREDICTIONS = {cls.name: cls for cls in (EpsPrediction, VelocityPrediction, X0Prediction)}
+class VPVPrediction(Prediction):
+    """Salimans & Ho (2022) v-prediction on a variance-preserving schedule: v = alpha eps - sigma x0.
+
+    Not the path velocity dx/dt ("velocity"): on a VP schedule with alpha = cos phi, sigma = sin phi
+    it is dx/dphi. Inverse (alpha^2 + sigma^2 = 1): x0 = alpha x_t - sigma v, eps = sigma x_t + alpha v;
+    written with det = alpha^2 + sigma^2 so rounding of a VP schedule stays harmless.
+    """
+
+    name = V_PREDICTION
+    variance_preserving_only = True
+
+    def target(self, x0, eps, c):
+        return _bcast(c.alpha, x0) * eps - _bcast(c.sigma, x0) * x0
+
+    def to_x0_eps(self, pred, x_t, c, guard, stats):
+        det = _bcast(c.alpha**2 + c.sigma**2, x_t)
+        x0 = (_bcast(c.alpha, x_t) * x_t - _bcast(c.sigma, x_t) * pred) / det
+        eps = (_bcast(c.sigma, x_t) * x_t + _bcast(c.alpha, x_t) * pred) / det
+        return _clamp_x0(x0, guard, stats), eps
+
+    def x0_error_weight(self, c):
+        # v error = alpha deps - sigma dx0 with deps = -(alpha/sigma) dx0 -> -(alpha^2 + sigma^2)/sigma dx0.
+        return ((c.alpha**2 + c.sigma**2) / c.sigma) ** 2
+
+
+PREDICTIONS = {cls.name: cls for cls in (EpsPrediction, VelocityPrediction, X0Prediction, VPVPrediction)}
 
 
 def get_prediction(name: str) -> Prediction:

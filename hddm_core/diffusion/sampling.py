@@ -1,7 +1,10 @@
-"""Stateless Euler ODE sampling from t = 1 (noise) to t = 0 (data), guidance, per-sample seeds.
+"""The one Euler ODE integrator, its time grids and per-sample seeds.
 
-x_{t - dt} = x_t - v(x_t, t) dt with v = d x_t / dt on the sampler's path (linear by default).
-History lives in local variables; nothing here keeps state between calls.
+x_{s_next} = x_s - f(x_s, s) (s - s_next) on a strictly descending grid s. Every sampler in the
+package is this loop with a different field f: a single expert or an ensemble on the sampler's
+linear path (s = t, f = dx/dt, t = 1 noise -> 0 data), or native DDIM on an expert's own schedule
+(s = sigma/alpha, state x/alpha; hddm_core.inference.native). History lives in local variables;
+nothing here keeps state between calls (a field object may keep its own per-run records).
 """
 from __future__ import annotations
 
@@ -14,6 +17,15 @@ from hddm_core.diffusion.schedules import LinearPath, Schedule
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 GRIDS = ("uniform", "shifted")
+
+
+class NonFiniteError(FloatingPointError):
+    """A velocity, router output or sample became NaN or infinite; the message names where."""
+
+
+def bad_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B] bool: rows of x holding any NaN or infinity."""
+    return ~torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(1)
 
 
 def time_grid(steps: int, kind: str = "uniform", shift: float = 1.0, t_max: float = 1.0,
@@ -47,55 +59,46 @@ def per_sample_noise(seeds: Sequence[int], shape: Sequence[int], dtype=torch.flo
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
+def check_grid(grid) -> torch.Tensor:
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.ndim != 1 or grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"grid must be a strictly descending 1-D tensor with >= 2 entries, got {grid}")
+    return grid
+
+
+def _check_finite(x: torch.Tensor, what: str, step: int, s: float) -> None:
+    bad = bad_rows(x)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteError(f"non-finite {what} at step {step} (s={s:.6g}) in {len(rows)} of {x.shape[0]} rows "
+                             f"(first: {rows[:5]})")
+
+
+def euler_integrate(field: VelocityFn, x: torch.Tensor, grid: torch.Tensor, cond: Any = None, *,
+                    progress: bool = False, desc: str = "sampling",
+                    callback: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Integrate dx/ds = field(x, s, cond) from x at grid[0] down to grid[-1] (explicit Euler)."""
+    grid = check_grid(grid)
+    for i in tqdm(range(len(grid) - 1), desc=desc, disable=not progress, leave=False):
+        s, s_next = float(grid[i]), float(grid[i + 1])
+        v = field(x, torch.full((x.shape[0],), s, dtype=torch.float64), cond)
+        _check_finite(v, "path velocity", i, s)
+        x = x - v * (s - s_next)  # Euler step: x_{s - ds} = x_s - f ds
+        _check_finite(x, "sample", i, s)
+        if callback is not None:
+            callback(i, s, x)
+    return x
+
+
 def euler_sample(velocity: VelocityFn, noise: torch.Tensor, grid: torch.Tensor, cond: Any = None, *,
-                 sampler: Schedule | None = None, progress: bool = False,
+                 sampler: Schedule | None = None, progress: bool = False, desc: str = "sampling",
                  callback: Callable[[int, float, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Integrate dx/dt = v from grid[0] down to grid[-1]; x starts at sigma(t_max) * noise.
+    """Integrate dx/dt = v on the sampler's path from grid[0] down to grid[-1]; x starts at sigma(t_max) noise.
 
     At t_max = 1 on the linear path this is pure noise; at t_max < 1 it is the noise part only,
     which is what image-to-image style partial sampling would replace.
     """
-    grid = torch.as_tensor(grid, dtype=torch.float64)
-    if grid.ndim != 1 or grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError(f"grid must be a strictly descending 1-D tensor with >= 2 entries, got {grid}")
+    grid = check_grid(grid)
     sampler = sampler or LinearPath()
-    x = noise * float(sampler.sigma(grid[0]))
-    steps = range(len(grid) - 1)
-    for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.float64)
-        v = velocity(x, t_batch, cond)
-        x = x - v * (t - t_next)  # Euler step: x_{t - dt} = x_t - v dt
-        if callback is not None:
-            callback(i, t, x)
-    return x
-
-
-def concat_conditions(a: Any, b: Any) -> Any:
-    """Stack two conditionings along the batch: tensors, dicts of tensors, or None."""
-    if a is None and b is None:
-        return None
-    if isinstance(a, torch.Tensor):
-        return torch.cat([a, b.expand_as(a) if b.shape[0] == 1 else b], dim=0)
-    if isinstance(a, dict):
-        return {k: concat_conditions(a[k], b[k]) for k in a}
-    raise TypeError(f"cannot batch conditioning of type {type(a).__name__}; use a tensor, dict or None")
-
-
-def classifier_free_guidance(velocity: VelocityFn, scale: float, null_cond: Any) -> VelocityFn:
-    """v = v_uncond + scale (v_cond - v_uncond), both passes in one batched call (Ho & Salimans 2022).
-
-    null_cond has batch 1 (broadcast) or the same batch as cond. scale = 1 returns the conditional
-    field unchanged.
-    """
-    if scale < 0:
-        raise ValueError(f"guidance scale must be >= 0, got {scale}")
-
-    def guided(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        if scale == 1.0:
-            return velocity(x, t, cond)
-        v = velocity(torch.cat([x, x]), torch.cat([t, t]), concat_conditions(cond, null_cond))
-        v_cond, v_uncond = v.chunk(2)
-        return v_uncond + scale * (v_cond - v_uncond)
-
-    return guided
+    return euler_integrate(velocity, noise * float(sampler.sigma(grid[0])), grid, cond, progress=progress,
+                           desc=desc, callback=callback)

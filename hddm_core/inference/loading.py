@@ -20,7 +20,7 @@ import torch
 
 from hddm_core.checkpoints.experts import ExpertManifest, RouterManifest, load_expert, load_router
 from hddm_core.storage import ArtifactStore
-from hddm_core.inference.pool import EnsembleMember
+from hddm_core.inference.pool import EnsembleExpertHandle
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def text_id(manifest: dict) -> str:
     return f"{manifest.get('text_encoder')} (width {manifest.get('text_dim')})"
 
 
-def expert_member(location: str, *, name: str | None = None, device: str | torch.device = "cpu") -> EnsembleMember:
+def expert_member(location: str, *, name: str | None = None, device: str | torch.device = "cpu") -> EnsembleExpertHandle:
     """An ensemble member for an expert checkpoint folder (or its expert.json), loaded on first use."""
     raw, root = _read_manifest(location, "expert.json")
     fields = ExpertManifest.__dataclass_fields__
@@ -62,13 +62,13 @@ def expert_member(location: str, *, name: str | None = None, device: str | torch
     if name is None:
         cluster = manifest.cluster_id
         name = f"cluster{cluster}-{manifest.objective}" if cluster is not None else os.path.basename(root.rstrip("/"))
-    return EnsembleMember(name=name, declaration=manifest.declaration, loader=loader, latent_space=latent_id(raw),
+    return EnsembleExpertHandle(name=name, declaration=manifest.declaration, loader=loader, latent_space=latent_id(raw),
                           text_encoder=text_id(raw), manifest=raw)
 
 
 @dataclass
 class LoadedEnsemble:
-    members: list[EnsembleMember]
+    members: list[EnsembleExpertHandle]
     router: torch.nn.Module | None
     router_time_input: str
     router_manifest: RouterManifest | None
@@ -90,7 +90,7 @@ def load_ensemble(expert_locations: Sequence[str], router_location: str | None =
         if m.latent_space != router_latent:
             raise ValueError(f"incompatible router: field 'latent_space' is {router_latent!r} for the router but "
                              f"{m.latent_space!r} for expert {m.name!r}")
-    by_cluster: dict[int, EnsembleMember] = {}
+    by_cluster: dict[int, EnsembleExpertHandle] = {}
     for m in members:
         c = m.manifest.get("cluster_id")
         if c is None:

@@ -1,4 +1,4 @@
-"""Ensemble members and memory-aware placement: an expert goes to the device when first selected.
+"""Ensemble expert handles and memory-aware placement: an expert goes to the device when first selected.
 
 With offload=True an expert goes back to the CPU after each step it served, so only the experts
 of the current step occupy accelerator memory (slower: one host<->device copy per use).
@@ -18,11 +18,16 @@ COMPAT_FIELDS = ("latent_space", "text_encoder")
 
 
 @dataclass
-class EnsembleMember:
-    """One expert as the sampler sees it: a network (or a loader for one) plus its declaration.
+class EnsembleExpertHandle:
+    """One expert as the ensemble holds it: name, declaration, and a network or a lazy loader for one.
+
+    Not the checkpoint (hddm_core.checkpoints.experts) and not a velocity field
+    (hddm_core.diffusion.conversion.ExpertVelocityField): the ensemble sampler converts the handle's
+    network to velocity itself, with the ensemble's sampler path and safeguards.
 
     latent_space / text_encoder identify what the expert reads and writes (e.g. "sd-vae-ft-ema@0.18215",
-    "all-MiniLM-L6-v2/384"); experts that disagree cannot be mixed.
+    "all-MiniLM-L6-v2/384"); experts that disagree cannot be mixed. data_mean, when given, replaces
+    the ensemble's Safeguards.data_mean for this expert (docs/safeguards.md: the t = 1 end).
     """
 
     name: str
@@ -32,13 +37,14 @@ class EnsembleMember:
     latent_space: str | None = None
     text_encoder: str | None = None
     manifest: dict = field(default_factory=dict)
+    data_mean: float | None = None  # mean of this expert's training data: its eps inverse at pure noise
 
     def __post_init__(self):
         if self.network is None and self.loader is None:
             raise ValueError(f"expert {self.name!r} needs a network or a loader")
 
 
-def check_compatible(members: Sequence[EnsembleMember]) -> None:
+def check_compatible(members: Sequence[EnsembleExpertHandle]) -> None:
     """Refuse ensembles whose experts live in different latent spaces or read different text encoders."""
     if not members:
         raise ValueError("an ensemble needs at least one expert")
@@ -60,7 +66,7 @@ def check_compatible(members: Sequence[EnsembleMember]) -> None:
 class ExpertPool:
     """Holds members, builds lazy ones, moves networks to the device on first use (optional offload)."""
 
-    def __init__(self, members: Sequence[EnsembleMember], device: str | torch.device = "cpu", offload: bool = False):
+    def __init__(self, members: Sequence[EnsembleExpertHandle], device: str | torch.device = "cpu", offload: bool = False):
         check_compatible(members)
         self.members = list(members)
         self.device = torch.device(device)

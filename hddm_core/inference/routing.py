@@ -7,6 +7,8 @@ the non-zero pattern). Modes (HDDM paper, sec. 3 and its threshold-router ablati
 - full:      every expert, weighted by its router probability p(k | x_t, t).
 - threshold: deterministic, no learned router needed: experts `high` for t > tau, experts `low`
              for t <= tau (FM-first = FM experts in `high`; DDPM-first = DDPM experts in `high`).
+             A grid time within TAU_TOLERANCE of tau counts as t = tau (low): float grids hold
+             0.30000000000000004 for 0.3, and a strict `t > tau` made tau = 0.2 and 0.3 identical.
              A group of several experts is split by the router restricted to the group (`within`:
              top-1 or full), or uniformly when no router is given.
 - fixed:     manual weights, the same for every sample and time (normalised to sum 1).
@@ -26,6 +28,7 @@ TOP_K, FULL, THRESHOLD, FIXED = "top-k", "full", "threshold", "fixed"
 TOP_1, TOP_2, SINGLE, AUTO = "top-1", "top-2", "single", "auto"
 MODES = (TOP_K, FULL, THRESHOLD, FIXED)
 WITHIN = (TOP_1, FULL)
+TAU_TOLERANCE = 1e-9  # far below any grid spacing (1e-3 at 1000 steps), far above float64 grid rounding
 
 
 @dataclass(frozen=True)
@@ -118,12 +121,16 @@ class Routing:
         if self.mode == "fixed" and len(self.weights) != num_experts:
             raise ValueError(f"fixed routing has {len(self.weights)} weights for {num_experts} experts")
 
+    def is_high(self, t: float) -> bool:
+        """Threshold routing: whether time t uses the `high` group (t > tau beyond TAU_TOLERANCE)."""
+        return t > self.tau + TAU_TOLERANCE
+
     def needs_router(self, t: float, has_router: bool) -> bool:
         """Whether a router call is needed at time t (threshold groups of one need none)."""
         if self.mode in ("top-k", "full"):
             return True
         if self.mode == "threshold":
-            group = self.high if t > self.tau else self.low
+            group = self.high if self.is_high(t) else self.low
             return has_router and len(group) > 1
         return False
 
@@ -163,7 +170,7 @@ def routing_weights(routing: Routing, logits: torch.Tensor | None, t: float, bat
     if routing.mode == "fixed":
         w = torch.tensor(routing.weights, dtype=torch.float64)
         return (w / w.sum()).expand(batch, num_experts).clone()
-    group = routing.high if t > routing.tau else routing.low
+    group = routing.high if routing.is_high(t) else routing.low
     return _group_weights(group, probs, routing.within, batch, num_experts)
 
 

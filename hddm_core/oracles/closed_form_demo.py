@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField
 from hddm_core.diffusion.objectives import FLOW_MATCHING
 from hddm_core.diffusion.predictions import EPS, VELOCITY
 from hddm_core.oracles.gaussian import GaussianData
@@ -27,8 +27,8 @@ def run_gaussian_demo(out_dir: str, n: int = 2048, dim: int = 16, steps: int = 5
     data = GaussianData(mean, std)
     ddpm_decl = ExpertDeclaration(EPS, "ddpm-linear", "discrete-999")
     fm_decl = ExpertDeclaration(VELOCITY, "linear", "scaled-1000")
-    ddpm = VelocityExpert(data.ideal_network(ddpm_decl), ddpm_decl)
-    fm = VelocityExpert(data.ideal_network(fm_decl), fm_decl)
+    ddpm = ExpertVelocityField(data.ideal_network(ddpm_decl), ddpm_decl)
+    fm = ExpertVelocityField(data.ideal_network(fm_decl), fm_decl)
     variants = {
         "ddpm-eps (converted)": ddpm,
         FLOW_MATCHING: fm,

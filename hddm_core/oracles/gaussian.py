@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.diffusion.predictions import EPS, VELOCITY, X0, _bcast
+from hddm_core.diffusion.predictions import _bcast, get_prediction
 from hddm_core.diffusion.schedules import PathCoefficients, get_schedule
 from hddm_core.diffusion.time_inputs import continuous_time
 
@@ -42,10 +42,8 @@ class GaussianData:
         return _bcast(c.d_alpha, x) * self.optimal_x0(x, c) + _bcast(c.d_sigma, x) * self.optimal_eps(x, c)
 
     def optimal(self, prediction: str, x: torch.Tensor, c: PathCoefficients) -> torch.Tensor:
-        table = {X0: self.optimal_x0, EPS: self.optimal_eps, VELOCITY: self.optimal_velocity}
-        if prediction not in table:
-            raise ValueError(f"unknown prediction {prediction!r}; valid: {sorted(table)}")
-        return table[prediction](x, c)
+        # Every target is linear in (x0, eps), so its MSE minimiser is the target of the posterior means.
+        return get_prediction(prediction).target(self.optimal_x0(x, c), self.optimal_eps(x, c), c)
 
     def ideal_network(self, declaration: ExpertDeclaration):
         """A 'network' that outputs the exact optimal prediction of the declared type.

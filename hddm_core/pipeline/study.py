@@ -25,7 +25,7 @@ from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.diffusion.predictions import EPS, VELOCITY, is_velocity
 from hddm_core.inference.ensemble_sampler import sample_ensemble
 from hddm_core.inference.native import native_ddim_sample
-from hddm_core.inference.pool import EnsembleMember
+from hddm_core.inference.pool import EnsembleExpertHandle
 from hddm_core.inference.routing import Routing, kind_groups
 from hddm_core.metrics.result import MetricResult
 from hddm_core.pipeline.report import EvaluationResults, VariantResult, sweep_group
@@ -43,15 +43,15 @@ Evaluate = Callable[[torch.Tensor], Mapping[str, MetricResult]]
 
 @dataclass
 class StudyInputs:
-    homogeneous: list[EnsembleMember]
-    heterogeneous: list[EnsembleMember]
+    homogeneous: list[EnsembleExpertHandle]
+    heterogeneous: list[EnsembleExpertHandle]
     router: Callable | None  # router over the heterogeneous (and homogeneous: same clusters) ensembles
     evaluate: Evaluate
     quality: str
     diversity: str
     shape: tuple
-    native_ddpm: EnsembleMember | None = None
-    monolith: list[EnsembleMember] | None = None
+    native_ddpm: EnsembleExpertHandle | None = None
+    monolith: list[EnsembleExpertHandle] | None = None
     router_time_input: str = "continuous"
     cond: Any = None
     null_cond: Any = None
@@ -59,7 +59,7 @@ class StudyInputs:
     scale_note: str = ""
 
 
-def _groups_by_prediction(members: Sequence[EnsembleMember]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _groups_by_prediction(members: Sequence[EnsembleExpertHandle]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return kind_groups([m.declaration.prediction for m in members])
 
 
@@ -94,7 +94,7 @@ def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: 
     native = converted = None
     if inp.native_ddpm is not None:
         m = inp.native_ddpm
-        x, _ = native_ddim_sample(m.network if m.network is not None else m.loader(), m.declaration, seeds,
+        x = native_ddim_sample(m.network if m.network is not None else m.loader(), m.declaration, seeds,
                                   inp.shape, steps=steps, cond=inp.cond, null_cond=inp.null_cond,
                                   cfg_scale=inp.cfg_scale)
         native = VariantResult(f"{m.name} native DDIM", "native", dict(inp.evaluate(x)), None, x)
@@ -156,7 +156,7 @@ def gaussian_study_inputs(reference_n: int = 20000, group_size: int = 8) -> Stud
     fm = ExpertDeclaration(VELOCITY, "linear", "continuous")
 
     def members(decls):
-        return [EnsembleMember(f"cluster{k}-{'fm' if is_velocity(d.prediction) else 'ddpm'}", d, gm.expert_network(k, d))
+        return [EnsembleExpertHandle(f"cluster{k}-{'fm' if is_velocity(d.prediction) else 'ddpm'}", d, gm.expert_network(k, d))
                 for k, d in enumerate(decls)]
 
     def evaluate(x: torch.Tensor) -> dict:
@@ -169,8 +169,8 @@ def gaussian_study_inputs(reference_n: int = 20000, group_size: int = 8) -> Stud
 
     return StudyInputs(homogeneous=members([fm, fm, fm]), heterogeneous=members([ddpm, fm, fm]),
                        router=gm.posterior_router(), evaluate=evaluate, quality="FD-data", diversity="L2 diversity",
-                       shape=(2,), native_ddpm=EnsembleMember("monolith-ddpm", ddpm, gm.ideal_network(ddpm)),
-                       monolith=[EnsembleMember("monolith-fm", fm, gm.ideal_network(fm))],
+                       shape=(2,), native_ddpm=EnsembleExpertHandle("monolith-ddpm", ddpm, gm.ideal_network(ddpm)),
+                       monolith=[EnsembleExpertHandle("monolith-fm", fm, gm.ideal_network(fm))],
                        scale_note="Gaussian-mixture study with ideal (exact) experts and the exact posterior router: "
                                   "no training error exists here, so it tests routing/conversion/integration only; "
                                   "the paper's numbers come from trained DiT-XL/2 experts on LAION and are not "

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert, expert_velocity
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField, expert_velocity
 from hddm_core.oracles.gaussian import GaussianData
 from hddm_core.diffusion.safeguards import Safeguards
 from hddm_core.diffusion.schedules import LinearPath
@@ -31,7 +31,7 @@ def test_ideal_expert_converts_to_the_analytic_velocity(prediction, schedule):
         t = torch.full((32,), tv, dtype=torch.float64)
         v, stats = expert_velocity(net, x, t, declaration=decl)
         assert torch.allclose(v, analytic_velocity(x, t), atol=1e-10, rtol=1e-10), (prediction, schedule, tv)
-        assert stats.as_dict() == {"x0_clamped": 0, "alpha_floored": 0, "sigma_floored": 0, "damped": 0}
+        assert stats.as_dict() == {"x0_clamped": 0, "low_alpha_clamped": 0, "sigma_floored": 0, "damped": 0}
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -91,7 +91,7 @@ def test_safeguards_clamp_floor_and_damp_at_high_noise():
     x = torch.full((2, 8), 50.0)
     t = torch.full((2,), 0.999, dtype=torch.float64)
     v, stats = expert_velocity(lambda x_, nt, c: torch.zeros_like(x_), x, t, declaration=decl)
-    assert stats.alpha_floored == 2 and stats.x0_clamped == 16 and stats.damped == 2
+    assert stats.low_alpha_clamped == 2 and stats.x0_clamped == 16 and stats.damped == 2
     rms = v.pow(2).mean(1).sqrt()
     assert torch.allclose(rms, torch.full((2,), 3.0 * 2**0.5), rtol=1e-5)
     # the same call with safeguards off divides by 0.001 and returns |v| ~ 5e4
@@ -133,11 +133,11 @@ def test_property_converted_velocity_is_finite(t, magnitude, prediction, schedul
     x = torch.randn(3, 5, generator=g) * magnitude
     decl = ExpertDeclaration(prediction, schedule, time_input)
     net = lambda x_, nt, c: torch.randn(x_.shape, generator=torch.Generator().manual_seed(4)) * out_scale
-    expert = VelocityExpert(net, decl, sampler=get_schedule(sampler))
+    expert = ExpertVelocityField(net, decl, sampler=get_schedule(sampler))
     v = expert(x, torch.full((3,), t, dtype=torch.float64))
     assert torch.isfinite(v).all(), (t, magnitude, prediction, schedule, sampler)
     # the ideal expert of the same declaration is finite too, even at the endpoints
-    v_ideal = VelocityExpert(DATA.ideal_network(decl), decl, sampler=get_schedule(sampler))(
+    v_ideal = ExpertVelocityField(DATA.ideal_network(decl), decl, sampler=get_schedule(sampler))(
         x.double(), torch.full((3,), t, dtype=torch.float64))
     assert torch.isfinite(v_ideal).all()
 
@@ -155,3 +155,25 @@ def test_snr_matched_time_cache_equals_direct_bisection():
     # matched times have equal sigma/alpha (away from the expert's range ends)
     inner = t[(t > 0) & (t < 0.99)]
     assert torch.allclose(expert.log_snr(snr_matched_time(inner, sampler, expert)), sampler.log_snr(inner), atol=1e-9)
+
+
+def test_damping_leaves_ideal_experts_alone_given_the_data_scale():
+    """Data of mean 3 (RMS 3.08): with the unit-scale default damping rescales correct velocities;
+    with the statistics estimated from the data (Safeguards.for_data) it never fires."""
+    data = GaussianData(mean=3.0, std=0.7)
+    guard = Safeguards.for_data(data.sample(4096, generator=torch.Generator().manual_seed(0)))
+    assert abs(guard.data_rms - (9 + 0.49) ** 0.5) < 0.02 and abs(guard.data_mean - 3.0) < 0.02
+    damped_default = damped_fitted = 0
+    for prediction, schedule in itertools.product(PREDICTIONS, SCHEDULES):
+        decl = ExpertDeclaration(prediction, schedule, "continuous")
+        for tv in (0.5, 0.7, 0.9, 0.98, 1.0):
+            c = LinearPath().coefficients(torch.tensor(tv, dtype=torch.float64))
+            x = c.alpha * data.sample(256, generator=torch.Generator().manual_seed(2)) + \
+                c.sigma * torch.randn(256, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+            t = torch.full((256,), tv, dtype=torch.float64)
+            damped_default += expert_velocity(data.ideal_network(decl), x, t, declaration=decl,
+                                              guard=Safeguards(data_mean=3.0))[1].damped
+            damped_fitted += expert_velocity(data.ideal_network(decl), x, t, declaration=decl, guard=guard)[1].damped
+    assert damped_default > 0 and damped_fitted == 0, (damped_default, damped_fitted)
+    with pytest.raises(ValueError, match="non-empty, finite"):
+        Safeguards.for_data(torch.tensor([1.0, float("nan")]))

@@ -106,5 +106,5 @@ def test_is_velocity_is_the_one_kind_test(prediction, velocity):
 
 
 def test_is_velocity_rejects_unknown_kinds():
-    with pytest.raises(ValueError, match=r"unknown prediction type 'v'; valid: \['eps', 'velocity', 'x0'\]"):
+    with pytest.raises(ValueError, match=r"unknown prediction type 'v'; valid: \['eps', 'v-prediction', 'velocity', 'x0'\]"):
         predictions.is_velocity("v")

@@ -4,7 +4,7 @@ import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.oracles.gaussian_mixture import GaussianMixture
-from hddm_core.inference.pool import EnsembleMember
+from hddm_core.inference.pool import EnsembleExpertHandle
 
 MIXED = [
     ExpertDeclaration("eps", "ddpm-linear", "discrete-999"),  # a DDPM expert as converted DiTs read time
@@ -31,7 +31,7 @@ class CountingNetwork:
 
 @pytest.fixture
 def mixed_members(mixture):
-    return [EnsembleMember(f"cluster{k}-{d.prediction}", d, CountingNetwork(mixture.expert_network(k, d)))
+    return [EnsembleExpertHandle(f"cluster{k}-{d.prediction}", d, CountingNetwork(mixture.expert_network(k, d)))
             for k, d in enumerate(MIXED)]
 
 

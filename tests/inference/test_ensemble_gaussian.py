@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.inference import EnsembleMember, Routing, sample_ensemble
+from hddm_core.inference import EnsembleExpertHandle, Routing, sample_ensemble
 from hddm_core.inference.native import native_ddim_sample
 from hddm_core.diffusion.safeguards import Safeguards
 
@@ -26,13 +26,13 @@ GUARD = Safeguards(data_rms=3.2)  # this mixture's RMS: the damping reference of
 def runs(mixture):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     router = mixture.posterior_router()
     out = {mode.label: sample_ensemble(members, SEEDS, (2,), router=router, routing=mode, dtype=torch.float64,
                                        guard=GUARD)
            for mode in (Routing.full(), Routing.top1(), Routing.top_k(3))}
     vd = ExpertDeclaration("velocity", "linear", "continuous")
-    out["monolith"] = sample_ensemble([EnsembleMember("mono", vd, mixture.ideal_network(vd))], SEEDS, (2,),
+    out["monolith"] = sample_ensemble([EnsembleExpertHandle("mono", vd, mixture.ideal_network(vd))], SEEDS, (2,),
                                       routing=Routing.fixed([1.0]), dtype=torch.float64)
     return out
 
@@ -94,14 +94,14 @@ def test_threshold_router_picks_the_right_expert_at_the_right_time(mixture):
             return net(x, t_net, cond)
         return f
 
-    members = [EnsembleMember(f"e{k}", d, tracking(k, mixture.expert_network(k, d))) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, tracking(k, mixture.expert_network(k, d))) for k, d in enumerate(MIXED)]
     tau = 0.3
     for order, (high, low) in {"fm-first": (1, 0), "ddpm-first": (0, 1)}.items():
         for v in calls.values():
             v.clear()
         res = sample_ensemble(members, list(range(8)), (2,), router=mixture.posterior_router(),
                               routing=Routing.threshold(tau, low=low, high=high), dtype=torch.float64, steps=20)
-        hi = res.times > tau
+        hi = res.times > tau + 1e-9  # routing.TAU_TOLERANCE: the grid's 0.30000000000000004 is tau
         assert torch.equal(res.usage[hi][:, high], torch.ones(int(hi.sum()), dtype=torch.float64)), order
         assert torch.equal(res.usage[~hi][:, low], torch.ones(int((~hi).sum()), dtype=torch.float64)), order
         assert res.counts.router_calls == 0  # single-expert groups need no router
@@ -112,7 +112,7 @@ def test_threshold_router_picks_the_right_expert_at_the_right_time(mixture):
 def test_threshold_groups_use_router_within_group(mixture):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     res = sample_ensemble(members, list(range(64)), (2,), router=mixture.posterior_router(),
                           routing=Routing.threshold(0.5, low=(0, 2), high=(1,)), dtype=torch.float64, steps=10)
     low = res.times <= 0.5
@@ -124,7 +124,7 @@ def test_threshold_groups_use_router_within_group(mixture):
 def test_per_sample_seeds_make_samples_batch_independent(mixture, runs):
     from tests.inference.conftest import MIXED
 
-    members = [EnsembleMember(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k, d in enumerate(MIXED)]
     subset = [7, 3, 1200]
     alone = sample_ensemble(members, subset, (2,), router=mixture.posterior_router(), routing=Routing.top1(),
                             dtype=torch.float64, guard=GUARD)
@@ -132,16 +132,20 @@ def test_per_sample_seeds_make_samples_batch_independent(mixture, runs):
 
 
 def test_safeguard_counts_are_reported_per_step(runs):
-    full = runs["full"]
-    # The eps expert divides by alpha = 0 at t = 1: floored (alpha_safe = 0.01) once per sample, at step 0 only.
-    alpha_floored = full.safeguards[:, 0, 1]
-    assert int(alpha_floored[0]) == N and int(alpha_floored[1:].sum()) == 0
-    assert full.safeguard_totals()["alpha_floored"] == N
-    assert full.summary()["safeguards_per_step"][0]["alpha_floored"] == N
+    # Ideal experts pass untouched, the DDPM expert's first step at alpha = 0.0064 included.
+    assert runs["full"].safeguard_totals() == {"x0_clamped": 0, "low_alpha_clamped": 0, "sigma_floored": 0, "damped": 0}
+    # An eps expert answering 0 at t = 1 (alpha_e = 0.0064) gives x0_hat = x / 0.0064: clamped there only.
+    d = ExpertDeclaration("eps", "ddpm-linear", "continuous")
+    res = sample_ensemble([EnsembleExpertHandle("zero", d, lambda x, t, c: torch.zeros_like(x))], list(range(8)),
+                          (2,), routing=Routing.fixed([1.0]), dtype=torch.float64, steps=50)
+    low = res.safeguards[:, 0, 1]
+    assert int(low[0]) == 8 and int(low[1:].sum()) == 0
+    assert res.safeguard_totals()["low_alpha_clamped"] == 8
+    assert res.summary()["safeguards_per_step"][0]["low_alpha_clamped"] == 8
 
 
 def test_native_ddim_of_a_ddpm_monolith_reproduces_the_mixture(mixture):
     d = ExpertDeclaration("eps", "ddpm-linear", "discrete-999")
-    x, stats = native_ddim_sample(mixture.ideal_network(d), d, SEEDS, (2,), dtype=torch.float64)
+    x = native_ddim_sample(mixture.ideal_network(d), d, SEEDS, (2,), dtype=torch.float64)
     mass_err, mean_err, var_err = _moment_errors(mixture, x)
     assert mass_err < 0.04 and mean_err < 0.15 and var_err < 0.10, (mass_err, mean_err, var_err)

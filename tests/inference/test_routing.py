@@ -72,3 +72,21 @@ def test_routing_checked_against_ensemble():
         Routing.fixed([1, 1, 1]).check(2, has_router=False)
     with pytest.raises(ValueError, match=r"expected \(2, 3\)"):
         routing_weights(Routing.full(), torch.zeros(2, 4), 0.5, 2, 3)
+
+
+def test_threshold_tau_is_not_snapped_to_a_neighbouring_grid_point(mixture):
+    """time_grid(10) holds 0.30000000000000004 and 0.19999999999999996: tau = 0.2 and 0.3 must differ."""
+    from hddm_core.diffusion.conversion import ExpertDeclaration
+    from hddm_core.diffusion.sampling import time_grid
+    from hddm_core.inference import EnsembleExpertHandle, sample_ensemble
+
+    grid = time_grid(10)
+    switch = {tau: [i for i, t in enumerate(grid[:-1].tolist()) if not Routing.threshold(tau, 0, 1).is_high(t)][0]
+              for tau in (0.2, 0.3)}
+    assert switch == {0.3: 7, 0.2: 8}  # the low group starts at t = 0.3 and t = 0.2 respectively
+    d = ExpertDeclaration("velocity", "linear", "continuous")
+    members = [EnsembleExpertHandle(f"e{k}", d, mixture.expert_network(k, d)) for k in range(2)]
+    runs = {tau: sample_ensemble(members, list(range(16)), (2,), routing=Routing.threshold(tau, low=0, high=1),
+                                 steps=10, dtype=torch.float64) for tau in (0.2, 0.3)}
+    assert runs[0.3].usage[7].tolist() == [1.0, 0.0] and runs[0.2].usage[7].tolist() == [0.0, 1.0]
+    assert not torch.allclose(runs[0.2].samples, runs[0.3].samples)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from hddm_core.diffusion.conversion import ExpertDeclaration, VelocityExpert
+from hddm_core.diffusion.conversion import ExpertDeclaration, ExpertVelocityField
 from hddm_core.models import (PRESET_NAMES, DiTConfig, RouterConfig, build_expert_model, build_router, expert_config,
                               flops_per_forward, router_config)
 from hddm_core.diffusion.objectives import get_objective
@@ -106,7 +106,7 @@ def test_objectives_and_conversion_call_it_unchanged(tiny16):
         assert torch.isfinite(out.loss)
         out.loss.backward()
     assert all(p.grad is not None for n, p in tiny16.named_parameters() if n != "null_caption")
-    v = VelocityExpert(tiny16.eval(), ExpertDeclaration("eps", "ddpm-linear", "discrete-999"))
+    v = ExpertVelocityField(tiny16.eval(), ExpertDeclaration("eps", "ddpm-linear", "discrete-999"))
     with torch.no_grad():
         assert torch.isfinite(v(x, torch.tensor([0.05, 0.95]), tokens)).all()
 
