@@ -4,7 +4,7 @@ Without an address the task runs in the flow's own process. With one, it is subm
 DaskTaskRunner, annotated with the Dask resource GPU=1 when it wants a GPU (so only GPU workers take
 it); a task annotated with a resource no worker has waits forever, so tasks carry timeouts.
 Use a real Prefect server (PREFECT_API_URL) with Dask: otherwise each Dask worker starts its own
-ephemeral API (STACK-NOTES.md).
+ephemeral API (docs/stack-notes.md).
 """
 from __future__ import annotations
 

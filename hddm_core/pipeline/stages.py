@@ -13,7 +13,6 @@ Prefect tasks use the same key as their cache key.
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, Field
@@ -27,9 +26,6 @@ log = logging.getLogger(__name__)
 
 REF_NAME = "_ref.json"
 EMBEDDED_PREFIX = "embedded"
-EXPERT_LANDED_EVENT = "hddm.expert.landed"
-# uuid5 namespace for event ids: the same expert weights always give the same event id.
-EVENT_NAMESPACE = uuid.UUID("6f1c1f3e-3c1e-5b7a-9d1a-4c8f2e0b7a11")
 Progress = Optional[Callable[[int, int], None]]  # (done, total)
 
 
@@ -407,11 +403,6 @@ def run_train_router(params: TrainRouterParams, progress: Progress = None) -> St
 
 
 # -- experts: registration and evaluation ---------------------------------------------------------
-def landed_event_id(weights_sha256: str) -> str:
-    """Deterministic event id for an expert landing: repeated emissions are one event to Prefect."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{EXPERT_LANDED_EVENT}:{weights_sha256}"))
-
-
 def run_register_expert(params: RegisterExpertParams) -> StageRef:
     """Validate an untrusted expert (schema, shapes, hash, finite values, smoke forward) and store it."""
     from hddm_core.contrib.registration import register_expert
@@ -421,8 +412,7 @@ def run_register_expert(params: RegisterExpertParams) -> StageRef:
     return StageRef(stage="register-expert", uri=result["uri"], prefix=result["prefix"],
                     content_hash=result["weights_sha256"], key=result["weights_sha256"],
                     counts={"checks": result["checks"]}, reused=result["already_registered"],
-                    extra={"cluster_id": result["cluster_id"], "objective": result["objective"],
-                           "event_id": landed_event_id(result["weights_sha256"])})
+                    extra={"cluster_id": result["cluster_id"], "objective": result["objective"]})
 
 
 def for_landed_expert(params: EvaluateParams, expert_uri: str) -> EvaluateParams:
