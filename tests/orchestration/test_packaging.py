@@ -65,3 +65,19 @@ def test_deployments_load_from_the_installed_package_in_any_folder(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == list(entrypoints)
+
+
+def test_docs_and_code_point_inside_the_repository():
+    """What a reader needs lives in docs/ (stack-notes.md, architecture.md), not in files outside it."""
+    outside = re.compile("|".join(re.escape(s) for s in ("STACK" + "-NOTES", "ARCHITECTURE" + ".md", "../" + "shared")))
+    bad = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        for f in files:
+            if f.endswith((".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".sh", ".json")) or f in ("Makefile", "run"):
+                path = os.path.join(root, f)
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    bad += [f"{os.path.relpath(path, REPO)}:{i}" for i, line in enumerate(fh, 1) if outside.search(line)]
+    assert bad == []
+    for doc in ("stack-notes.md", "architecture.md"):
+        assert os.path.getsize(os.path.join(REPO, "docs", doc)) > 1000
