@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORBIDDEN = {"prefect", "prefect_dask", "hddm_flows", "hddm_tasks", "hddm_infra", "flows", "tasks"}
 
@@ -22,6 +24,7 @@ def test_hddm_core_source_never_imports_orchestration():
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_importing_every_hddm_core_module_loads_no_prefect():
     code = (
         "import importlib, pkgutil, sys, hddm_core\n"

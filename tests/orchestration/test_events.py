@@ -74,6 +74,7 @@ def test_submit_announces_through_the_same_emitter(monkeypatch, sent):
     assert events.landed_event_id("ef" * 32) in line
 
 
+@pytest.mark.slow
 def test_inprocess_register_event_reaches_a_prefect_server(tmp_path, capsys, monkeypatch, prefect_harness):
     """The real path (no stand-in emitter): the event is stored by the server under its deterministic id."""
     from prefect.client.orchestration import get_client

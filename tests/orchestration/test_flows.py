@@ -47,6 +47,7 @@ def test_second_run_reuses_finished_stages(first_run):
         assert ref.reused, ref.stage
 
 
+@pytest.mark.slow
 def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_path):
     from hddm_flows.stages import cluster, register_expert
 
@@ -57,6 +58,7 @@ def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_map_stage_runs_on_a_dask_cluster_with_gpu_resources(prefect_harness, tmp_path):
     """on_dask submits the stage task through prefect-dask's DaskTaskRunner to the given scheduler."""
     from prefect import task

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -49,6 +50,7 @@ def test_pyproject_lists_every_package_and_maps_the_orchestration_folders():
     assert set(config["packages"]) == on_disk
 
 
+@pytest.mark.slow
 def test_deployments_load_from_the_installed_package_in_any_folder(tmp_path):
     """What a worker does with a flow run: no pull step, the module-path entrypoint imported in its own
     working directory (here an empty folder, without PYTHONPATH): Prefect 3.9 treats an entrypoint without

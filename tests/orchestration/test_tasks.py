@@ -1,4 +1,5 @@
-"""Tasks through .fn (no Prefect server): registration, events, transient retries, cache keys."""
+"""Tasks through .fn: registration and its event (artifacts need the session's Prefect server: slow),
+transient retries, cache keys."""
 import os
 import uuid
 
@@ -12,11 +13,6 @@ from hddm_tasks.events import landed_event_id
 from .conftest import tiny_expert as _tiny_expert
 
 
-@pytest.fixture(autouse=True)
-def _api(prefect_harness):
-    """Artifacts need an API: the session's one harness (no per-test server)."""
-
-
 @pytest.fixture
 def events(monkeypatch):
     """Every hddm.expert.landed the one emitter (hddm_tasks.events) sends."""
@@ -27,7 +23,8 @@ def events(monkeypatch):
     return sent
 
 
-def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, events):
+@pytest.mark.slow
+def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, events, prefect_harness):
     from hddm_tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")
@@ -44,7 +41,8 @@ def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, eve
     assert events[0][1]["payload"]["expert_uri"] == ref.uri
 
 
-def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events):
+@pytest.mark.slow
+def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events, prefect_harness):
     from hddm_core.checkpoints.experts import PickleRefused
     from hddm_tasks.experts import register_expert
 
