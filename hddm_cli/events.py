@@ -32,7 +32,7 @@ def announce_landing(result: dict, *, run_url: str, experts_prefix: str) -> str:
                                   f"--experts-prefix {experts_prefix}`")
 
 
-def announce_registered(ref, *, artifact_root: Optional[str], experts_prefix: str) -> str:
+def announce_registered(ref, *, artifact_root: Optional[str]) -> str:
     """For `hddmp expert register` run in-process (ref: hddm_core.pipeline.stages.run_register_expert's)."""
     root = f" --artifact-root {artifact_root}" if artifact_root else ""
     return announce(expert_uri=ref.uri, weights_sha256=ref.content_hash, prefix=ref.prefix,

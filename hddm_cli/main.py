@@ -91,8 +91,7 @@ def _expert_register(args: argparse.Namespace) -> int:
     ref = run_stage(REGISTER, params)
     print_ref(ref, as_json=args.json)
     if params.emit_event:
-        print(announce_registered(ref, artifact_root=params.artifact_root, experts_prefix=params.experts_prefix),
-              file=sys.stderr if args.json else sys.stdout)
+        print(announce_registered(ref, artifact_root=params.artifact_root), file=sys.stderr if args.json else sys.stdout)
     else:
         print("no event sent (--no-emit-event)", file=sys.stderr if args.json else sys.stdout)
     return 0
