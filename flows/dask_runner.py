@@ -6,13 +6,13 @@ runs submitted through DaskTaskRunner (flows/unit_map.py), annotated with the Da
 when the stage wants a GPU (so only GPU workers take them); the coordinator plans the units and
 writes the manifest in this flow's process. A task annotated with a resource no worker has waits
 forever: start GPU workers with `--resources GPU=1`. Use a real Prefect server (PREFECT_API_URL)
-with Dask: otherwise each Dask worker starts its own ephemeral API.
+with Dask: otherwise each Dask worker starts its own ephemeral API (docs/stack-notes.md).
 """
 from __future__ import annotations
 
 from prefect import flow
 
-from flows.unit_map import STAGE_RUNNERS, run_stage_units
+from hddm_flows.unit_map import STAGE_RUNNERS, run_stage_units
 
 
 def on_dask(task, params):

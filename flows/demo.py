@@ -13,21 +13,19 @@ from __future__ import annotations
 import os
 
 from hddm_core.pipeline.params import demo_params
-
-OFFLINE = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "NO_ALBUMENTATIONS_UPDATE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+from hddm_flows.environment import apply_defaults
 
 
 def run_demo(out: str) -> str:
-    """Run (or reuse) the pipeline under `out`; returns the report's path."""
-    for key, value in OFFLINE.items():
-        os.environ.setdefault(key, value)
+    """Run (or reuse) the pipeline under `out`; returns the report's path. The flow runs against
+    Prefect's ephemeral API, started here: its start-up timeout is set first (hddm_flows.environment)."""
+    apply_defaults(MPLBACKEND="Agg")
     import torch
 
     # Tiny models gain nothing from intra-op threads, and on a shared CPU spinning threads cost 20x
     # (measured here: 45 ms vs 2.4 ms for one small matmul with 2 threads vs 1 under load).
     torch.set_num_threads(int(os.environ.get("HDDM_TORCH_THREADS", "1")))
-    from flows.pipeline import pipeline
+    from hddm_flows.pipeline import pipeline
 
     print(__doc__.split("\n\n", 1)[1].strip() + "\n", flush=True)
     result = pipeline(demo_params(out))

@@ -8,6 +8,7 @@ from prefect.deployments import run_deployment
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.stages import StageRef
+from hddm_core.storage import open_store
 
 POLL_S = 5.0
 CRASH_GRACE_S = 120.0  # the crashed-run automation (infra/bootstrap.py) reschedules within this time
@@ -16,7 +17,7 @@ CRASH_GRACE_S = 120.0  # the crashed-run automation (infra/bootstrap.py) resched
 def run_deployments(name: str, jobs: list, poll_s: float = POLL_S, crash_grace_s: float = CRASH_GRACE_S) -> list[StageRef]:
     """Start one flow run of deployment `name` per job (linked as subflows: cancelling the parent
     cancels them), wait for all, and return each job's StageRef (read back from the store, where the
-    finished stage recorded it; results never carry tensors)."""
+    finished stage recorded it, by recorded_expert; results never carry tensors)."""
     runs = [run_deployment(name, parameters={"params": job.model_dump(mode="json")}, timeout=0, as_subflow=True)
             for job in jobs]
     with get_client(sync_client=True) as client:
@@ -39,4 +40,22 @@ def run_deployments(name: str, jobs: list, poll_s: float = POLL_S, crash_grace_s
     if failed:
         raise RuntimeError("flow runs of " + name + " did not complete: " +
                            ", ".join(f"cluster {j.cluster_id}: {s.type.value} {s.message or ''}" for j, s in failed))
-    return [stages.run_train_expert(job) for job in jobs]  # each returns its recorded ref at once
+    return [recorded_expert(job) for job in jobs]
+
+
+def recorded_expert(params) -> StageRef:
+    """The StageRef a finished train-expert run recorded for `params` (TrainExpertParams), read back
+    from the store. Never trains: the parent flow must not redo on its own machine what a worker did,
+    so a missing or stale record is an error naming where it was expected."""
+    params = params.model_copy(update={"force": False})  # a forced job recorded its result like any other
+    store = open_store(params.artifact_root)
+    key = stages.stage_key("train-expert", params)
+    if key is None:
+        raise LookupError(f"no recorded expert for cluster {params.cluster_id}: the prepare stage under "
+                          f"{store.uri(params.prepare_prefix)} has no manifest")
+    ref_key = f"{stages.expert_run_prefix(params, key)}/{stages.REF_NAME}"
+    if stages.reusable_key("train-expert", params) is None:  # no record, another key, or weights gone
+        raise LookupError(f"no recorded expert for cluster {params.cluster_id} ({params.objective}) at "
+                          f"{store.uri(ref_key)}: its train-expert run finished without recording a result "
+                          "there, or the weights it names changed")
+    return StageRef(**store.read_json(ref_key)["ref"])

@@ -14,8 +14,8 @@ from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import PipelineParams, RegisterExpertParams
 from hddm_core.pipeline.stages import StageRef
 
-from flows import stages as stage_flows
-from flows.fan_out import run_deployments
+from hddm_flows import stages as stage_flows
+from hddm_flows.fan_out import run_deployments
 
 
 @flow(name="pipeline", log_prints=True)

@@ -10,9 +10,8 @@ from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams,
                               RecaptionParams, RegisterExpertParams, TrainExpertParams, TrainRouterParams)
 from hddm_core.pipeline.stages import StageRef
-from tasks import data, experts, training
-
-from flows.dask_runner import on_dask
+from hddm_flows.dask_runner import on_dask
+from hddm_tasks import data, experts, training
 
 
 @flow(name="download", log_prints=True)

@@ -3,9 +3,7 @@ local Prefect stack (`up` / `down`)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import sys
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +41,7 @@ def _sample(args) -> int:
 
     from hddm_core.contrib.contributor import build_text_encoder
     from hddm_core.data.cluster_data import training_inputs_info
-    from hddm_core.pipeline.evaluation import _expert_folders, _routings
+    from hddm_core.pipeline.evaluation import expert_folders, routings_for
     from hddm_core.inference.ensemble_sampler import sample_ensemble
     from hddm_core.inference.loading import load_ensemble
     from hddm_core.inference.routing import resolve_name
@@ -52,7 +50,7 @@ def _sample(args) -> int:
 
     p: SampleParams = model_from_args(SampleParams, args.specs, args)
     store = open_store(p.artifact_root)
-    ens = load_ensemble(_expert_folders(store, p), p.router)
+    ens = load_ensemble(expert_folders(store, p), p.router)
     space = ens.members[0].manifest.get("latent_space")
     if space != "pixel":
         raise ValueError(f"hddmp sample writes pixel-space experts only; these experts use latent_space {space!r} "
@@ -65,7 +63,7 @@ def _sample(args) -> int:
     shape = (int(cfg["in_channels"]), int(cfg["input_size"]), int(cfg["input_size"]))
     mode = resolve_name(p.routing, has_router=ens.router is not None,
                         predictions=[m.declaration.prediction for m in ens.members])
-    routings, skipped = _routings([mode], ens.members, ens.router is not None, p.tau)
+    routings, skipped = routings_for([mode], ens.members, ens.router is not None, p.tau)
     if not routings:
         raise ValueError(f"routing {mode!r} does not apply here: {skipped[0]}")
     name, routing = routings[0]
@@ -93,24 +91,13 @@ def _study(args) -> int:
 
 
 # -- the local Prefect stack ---------------------------------------------------------------------------------
-def _repo() -> str:
-    """The repository root (infra/, flows/, prefect.yaml): the current folder or this checkout's."""
-    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
-        if os.path.isfile(os.path.join(root, "infra", "up.py")) and os.path.isfile(os.path.join(root, "prefect.yaml")):
-            if root not in sys.path:
-                sys.path.insert(0, root)
-            return root
-    raise FileNotFoundError("`hddmp up`/`down` need the repository (infra/up.py and prefect.yaml); run them from "
-                            "the repository root")
-
-
 def _default_home() -> str:
     return os.environ.get("HDDM_PREFECT_HOME") or os.path.join(".hddm", "prefect")
 
 
 def _up(args) -> int:
-    _repo()
-    up = importlib.import_module("infra.up").up
+    from hddm_infra.up import up  # deploys the repository's prefect.yaml (hddm_infra.up.project_root)
+
     stack = up(os.path.abspath(args.home), args.port, args.artifact_root, args.deploy or None,
                gpu_workers=not args.no_gpu_workers)
     print(f"Prefect UI: http://127.0.0.1:{stack.port}   (API {stack.api_url})")
@@ -121,8 +108,8 @@ def _up(args) -> int:
 
 
 def _down(args) -> int:
-    _repo()
-    LocalStack = importlib.import_module("infra.local_stack").LocalStack
+    from hddm_infra.local_stack import LocalStack
+
     LocalStack.load(os.path.abspath(args.home)).stop()
     print(f"stopped the local Prefect stack recorded in {args.home}")
     return 0

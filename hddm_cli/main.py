@@ -18,11 +18,7 @@ EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 def _demo(args: argparse.Namespace) -> int:
     if getattr(args, "core", False):
         return _demo_core(args)
-    # flows/ and tasks/ are repository folders (Prefect's working-directory model), not installed packages.
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(repo, "flows")) and repo not in sys.path:
-        sys.path.insert(0, repo)
-    from flows.demo import run_demo
+    from hddm_flows.demo import run_demo
 
     report = run_demo(os.path.abspath(args.out))
     print(f"report: {report}")
@@ -82,6 +78,25 @@ def _expert_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expert_register(args: argparse.Namespace) -> int:
+    """expert register in-process: validate and store, then announce the landing through the
+    register-expert flow's own emitter (with --prefect the flow itself runs and emits)."""
+    from .events import announce_registered
+    from .output import print_ref
+    from .stage_commands import REGISTER, build_params, execute, run_stage
+
+    params = build_params(args)
+    if args.prefect:
+        return execute(args, params)
+    ref = run_stage(REGISTER, params)
+    print_ref(ref, as_json=args.json)
+    if params.emit_event:
+        print(announce_registered(ref, artifact_root=params.artifact_root), file=sys.stderr if args.json else sys.stdout)
+    else:
+        print("no event sent (--no-emit-event)", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .contrib_commands import add_contrib_parser, add_expert_path_args, submit_command, validate_command
     from .local_commands import add_local_parsers
@@ -117,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "prefix with your credentials, and announce it (hddm.expert.landed)")
     add_expert_path_args(submit, submit=True)
     submit.set_defaults(func=submit_command)
-    add_stage_parser(esub, "register", REGISTER)
+    register = add_stage_parser(esub, "register", REGISTER)
+    register.set_defaults(func=_expert_register)
 
     router = sub.add_parser("router", help="the router: train")
     rsub = router.add_subparsers(dest="router_command", required=True, metavar="{train}")
@@ -153,9 +169,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                       ("NO_ALBUMENTATIONS_UPDATE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
-        os.environ.setdefault(key, value)
+    from hddm_flows.environment import apply_defaults
+
+    apply_defaults()  # before anything imports Prefect: offline, and a start-up timeout a loaded machine meets
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     try:

@@ -1,6 +1,6 @@
 """Bootstrap a Prefect server for HDDM: work pools, GPU concurrency limits, the crashed-run automation.
 
-    python -m infra.bootstrap [--gpus N] [--kubernetes]
+    python -m hddm_infra.bootstrap [--gpus N] [--kubernetes]
 
 - hddm-cpu: a process pool for data stages and evaluation.
 - hddm-gpu: a process pool (one worker per GPU, infra/start_gpu_workers.sh) limited to N concurrent
@@ -86,7 +86,7 @@ def bootstrap(gpus: int = 1, kubernetes: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.bootstrap", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hddm_infra.bootstrap", description=__doc__.split("\n")[0])
     parser.add_argument("--gpus", type=int, default=int(os.environ.get("HDDM_GPUS", "1")),
                         help="concurrent GPU runs (pool and tag limits); default $HDDM_GPUS or 1")
     parser.add_argument("--kubernetes", action="store_true", help="make hddm-gpu a Kubernetes pool")

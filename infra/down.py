@@ -1,16 +1,15 @@
-"""Stop the local stack recorded by `python -m infra.up` (by pid: SIGINT, then SIGKILL)."""
+"""Stop the local stack recorded by `python -m hddm_infra.up` (by pid: SIGINT, then SIGKILL)."""
 from __future__ import annotations
 
 import argparse
 import os
 
 from .local_stack import LocalStack
-from .up import REPO
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.down")
-    parser.add_argument("--home", default=os.path.join(REPO, ".hddm", "prefect"))
+    parser = argparse.ArgumentParser(prog="python -m hddm_infra.down")
+    parser.add_argument("--home", default=os.path.join(".hddm", "prefect"))
     args = parser.parse_args(argv)
     stack = LocalStack.load(os.path.abspath(args.home))
     stack.stop()

@@ -2,7 +2,7 @@
 
 Used by `hddmp up` / `hddmp down` and by the end-to-end tests. Every process is started in its own
 session (setsid) so it can be stopped with its children; Prefect workers ignore SIGTERM, so we stop
-with SIGINT first, then SIGKILL after a grace period (STACK-NOTES.md).
+with SIGINT first, then SIGKILL after a grace period (docs/stack-notes.md).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 
+from hddm_flows.environment import apply_defaults, ephemeral_startup_timeout
+
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +29,8 @@ def free_port() -> int:
 
 
 def offline_env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
-    env.update({"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                "NO_ALBUMENTATIONS_UPDATE": "1", "PREFECT_SERVER_UI_ENABLED": env.get("PREFECT_SERVER_UI_ENABLED", "true")})
+    """This process's environment with the project's defaults (hddm_flows.environment) where unset."""
+    env = apply_defaults(dict(os.environ), PREFECT_SERVER_UI_ENABLED="true")
     env.update(extra or {})
     return env
 
@@ -101,7 +102,10 @@ class LocalStack:
     def env(self, extra: dict | None = None) -> dict:
         return offline_env({"PREFECT_HOME": self.home, "PREFECT_API_URL": self.api_url, **(extra or {})})
 
-    def start_server(self, timeout: float = 120.0) -> None:
+    def start_server(self, timeout: float | None = None) -> None:
+        """timeout: seconds until /health answers; default the project's start-up timeout (300 s unless
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says otherwise: a loaded 2-core machine is slow)."""
+        timeout = ephemeral_startup_timeout() if timeout is None else timeout
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.server_pid = _spawn(cmd, self.env({"PREFECT_API_URL": ""}), os.path.join(self.home, "logs", "server.log"))
         self.save()

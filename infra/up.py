@@ -1,12 +1,12 @@
 """A local HDDM stack: a Prefect server on 127.0.0.1, pools and automation, deployments, workers.
 
-    python -m infra.up   [--home .hddm/prefect] [--port 4200]    # then open http://127.0.0.1:4200
-    python -m infra.down [--home .hddm/prefect]
+    python -m hddm_infra.up   [--home .hddm/prefect] [--port 4200]    # then open http://127.0.0.1:4200
+    python -m hddm_infra.down [--home .hddm/prefect]
 
 Starts the server (infra/local_stack.py), bootstraps (infra/bootstrap.py), deploys every deployment in
-prefect.yaml, and starts one hddm-cpu worker plus one hddm-gpu worker per visible GPU (one on a CPU-only
-machine, so the GPU deployments still run). Every process is recorded in <home>/local-stack.json and
-stopped by pid (SIGINT, then SIGKILL) by `down`.
+the repository's prefect.yaml (found by project_root), and starts one hddm-cpu worker plus one hddm-gpu
+worker per visible GPU (one on a CPU-only machine, so the GPU deployments still run). Every process is
+recorded in <home>/local-stack.json and stopped by pid (SIGINT, then SIGKILL) by `down`.
 """
 from __future__ import annotations
 
@@ -17,21 +17,31 @@ import sys
 
 from .local_stack import LocalStack, free_port, visible_gpus
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def project_root() -> str:
+    """The folder holding prefect.yaml (what `prefect deploy` reads): the current folder, else this
+    checkout's root when the package is installed editable from the repository."""
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        if os.path.isfile(os.path.join(root, "prefect.yaml")):
+            return root
+    raise FileNotFoundError(f"no prefect.yaml in {os.getcwd()}: run this from the repository root (deployments "
+                            "are declared there)")
 
 
 def deploy(stack: LocalStack, names: list[str] | None = None, timeout: float = 600) -> None:
-    """`prefect deploy` from the repository root against this stack's server (all deployments by default)."""
+    """`prefect deploy` of the repository's prefect.yaml against this stack's server (all deployments by
+    default; `--name` takes deployment names). Entrypoints are module paths, so it runs from any host
+    with the package installed; prefect.yaml is only read here."""
     which = ["--all"] if not names else [a for n in names for a in ("--name", n)]
-    env = stack.env({"HDDM_PROJECT_DIR": REPO})
-    proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", *which], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", *which], cwd=project_root(),
+                          env=stack.env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"prefect deploy failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 def bootstrap(stack: LocalStack, gpus: int, timeout: float = 300) -> None:
-    proc = subprocess.run([sys.executable, "-m", "infra.bootstrap", "--gpus", str(gpus)], cwd=REPO, env=stack.env(),
+    proc = subprocess.run([sys.executable, "-m", "hddm_infra.bootstrap", "--gpus", str(gpus)], env=stack.env(),
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"bootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -40,8 +50,9 @@ def bootstrap(stack: LocalStack, gpus: int, timeout: float = 300) -> None:
 def up(home: str, port: int | None = None, artifact_root: str | None = None, deploy_names: list[str] | None = None,
        gpu_workers: bool = True) -> LocalStack:
     home = os.path.abspath(home)
+    repo = project_root()
     stack = LocalStack(home=home, port=port or free_port())
-    extra = {"HDDM_PROJECT_DIR": REPO}
+    extra = {}
     if artifact_root:
         extra["HDDM_ARTIFACT_ROOT"] = os.path.abspath(artifact_root) if "://" not in artifact_root else artifact_root
     try:
@@ -49,11 +60,12 @@ def up(home: str, port: int | None = None, artifact_root: str | None = None, dep
         gpus = visible_gpus()
         bootstrap(stack, max(1, len(gpus)))
         deploy(stack, deploy_names)
-        os.environ.update(extra)  # workers inherit the project dir and artifact root
-        stack.start_worker("hddm-cpu", "local-cpu", cwd=REPO)
+        os.environ.update(extra)  # workers inherit the artifact root
+        # workers run in the repository so a run whose artifact root is empty writes ./artifacts there
+        stack.start_worker("hddm-cpu", "local-cpu", cwd=repo)
         if gpu_workers:
             for gpu in gpus or [None]:
-                stack.start_worker("hddm-gpu", f"local-gpu{gpu if gpu is not None else '-cpu'}", gpu=gpu, cwd=REPO)
+                stack.start_worker("hddm-gpu", f"local-gpu{gpu if gpu is not None else '-cpu'}", gpu=gpu, cwd=repo)
     except BaseException:
         stack.stop()
         raise
@@ -61,14 +73,14 @@ def up(home: str, port: int | None = None, artifact_root: str | None = None, dep
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.up", description="start a local HDDM Prefect stack")
-    parser.add_argument("--home", default=os.path.join(REPO, ".hddm", "prefect"), help="PREFECT_HOME and logs")
+    parser = argparse.ArgumentParser(prog="python -m hddm_infra.up", description="start a local HDDM Prefect stack")
+    parser.add_argument("--home", default=os.path.join(".hddm", "prefect"), help="PREFECT_HOME and logs")
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--artifact-root", default=None, help="HDDM_ARTIFACT_ROOT for the workers")
     args = parser.parse_args(argv)
     stack = up(args.home, args.port, args.artifact_root)
     print(f"Prefect UI: http://127.0.0.1:{stack.port}  (API {stack.api_url})")
-    print(f"server pid {stack.server_pid}, worker pids {stack.worker_pids}; stop with: python -m infra.down --home {args.home}")
+    print(f"server pid {stack.server_pid}, worker pids {stack.worker_pids}; stop with: python -m hddm_infra.down --home {args.home}")
     return 0
 
 

@@ -1,1 +1,2 @@
-"""Thin Prefect tasks around hddm_core.pipeline.stages (a repository folder, run from the project root)."""
+"""Thin Prefect tasks around hddm_core.pipeline.stages. The folder tasks/ installs as the package `hddm_tasks`
+(pyproject.toml)."""

@@ -13,10 +13,6 @@ from .common import RETRY_DELAYS, cache_key, retry_transient
 _COMMON = dict(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, persist_result=True)
 
 
-def _refresh(params) -> bool:
-    return bool(params.force)
-
-
 @task(name="download", cache_key_fn=cache_key("download"), timeout_seconds=6 * 3600, tags=["hddm-cpu"], **_COMMON)
 def download(params: DownloadParams) -> StageRef:
     ref = stages.run_download(params)

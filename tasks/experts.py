@@ -1,18 +1,16 @@
 """Expert registration (validate, store, emit hddm.expert.landed) and evaluation tasks."""
 from __future__ import annotations
 
-import uuid
-
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import EvaluateParams, RegisterExpertParams
-from hddm_core.pipeline.stages import EXPERT_LANDED_EVENT, StageRef
+from hddm_core.pipeline.stages import StageRef
 
 from .common import RETRY_DELAYS, Progress, retry_transient
+from .events import emit_landed_ref
 
 
 @task(name="register-expert", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -23,18 +21,8 @@ def register_expert(params: RegisterExpertParams) -> StageRef:
     create_markdown_artifact("\n".join(f"- {c}" for c in ref.counts["checks"]), key="register-expert-checks",
                              description=f"validation of {params.source}")
     if params.emit_event:
-        emit_landed(ref)
+        emit_landed_ref(ref)  # a deterministic event id: a repeated landing is one event (tasks/events.py)
     return ref
-
-
-def emit_landed(ref: StageRef):
-    """hddm.expert.landed with a deterministic id (uuid5 of the weights sha256): Prefect's trigger service
-    drops an event id it has already seen, so a repeated landing triggers one evaluation."""
-    return emit_event(EXPERT_LANDED_EVENT, id=uuid.UUID(ref.extra["event_id"]),
-                      resource={"prefect.resource.id": f"hddm.expert.{ref.content_hash}",
-                                "prefect.resource.name": ref.prefix},
-                      payload={"expert_uri": ref.uri, "weights_sha256": ref.content_hash,
-                               "cluster_id": ref.extra.get("cluster_id"), "objective": ref.extra.get("objective")})
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=RETRY_DELAYS,

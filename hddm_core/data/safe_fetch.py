@@ -1,4 +1,4 @@
-"""Guards for what img2dataset 1.47 leaves open (each one reproduced in tests/data): it follows redirects to internal
+"""Guards for what img2dataset 1.47 leaves open (each one reproduced in tests/data; docs/stack-notes.md): it follows redirects to internal
 addresses, reads file:// rows, has a per-read but no total timeout, no body cap, decodes a
 400-megapixel PNG bomb, and ignores EXIF orientation.
 

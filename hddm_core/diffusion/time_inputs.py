@@ -1,4 +1,4 @@
-"""How a network reads time: part of every expert's declaration (conversion.ExpertDeclaration).
+"""How a network reads time: part of every expert's declaration (conversion.ExpertDeclaration; docs/architecture.md).
 
 The sampler and the conversion module always work in continuous t in [0, 1]; this module turns
 that t (on the expert's own schedule) into the number the network was trained to see.

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 STAGE = "evaluate"
 
 
-def _expert_folders(store: ArtifactStore, params) -> list[str]:
+def expert_folders(store: ArtifactStore, params) -> list[str]:
+    """params.experts, else every expert folder under params.experts_prefix (its expert.json's folder)."""
     if params.experts:
         return list(params.experts)
     keys = [k for k in store.list(params.experts_prefix) if k.endswith("/expert.json")]
@@ -33,8 +34,8 @@ def _expert_folders(store: ArtifactStore, params) -> list[str]:
     return [store.uri(k.rsplit("/", 1)[0]) for k in keys]
 
 
-def _routings(modes, members, has_router: bool, tau: float):
-    """[(label, Routing)] for the named modes that apply to these experts, and '<mode>: <why>' for the others."""
+def routings_for(modes, members, has_router: bool, tau: float):
+    """([(label, Routing)], ['<mode>: <why>' for each mode that does not apply to these experts])."""
     from hddm_core.inference.routing import Routing, RoutingUnavailable, routing_label
 
     predictions = [m.declaration.prediction for m in members]
@@ -80,7 +81,7 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     from hddm_core.metrics.lpips_diversity import lpips_or_substitute
     from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
 
-    folders = _expert_folders(store, params)
+    folders = expert_folders(store, params)
     ens = load_ensemble(folders, params.router)
     router_sha = ens.router_manifest.weights_sha256 if ens.router_manifest is not None else None
     prep = read_manifest(store, params.prepare_prefix)
@@ -114,7 +115,7 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
              f"Quality: Frechet distance of Inception-v3 pool features projected to {params.fd_dims} dimensions "
              f"against {len(real)} real images of the same clusters (not FID, which needs > 2048 samples)."]
     ref = inception_stats(_images(real), features, params.fd_dims) if space == "pixel" else None
-    routings, skipped = _routings(params.routing_modes, ens.members, ens.router is not None, params.tau)
+    routings, skipped = routings_for(params.routing_modes, ens.members, ens.router is not None, params.tau)
     notes += [f"Skipped routing mode {s}" for s in skipped]
     if not routings:
         raise ValueError(f"no routing mode in {params.routing_modes} applies to {len(ens.members)} expert(s) "

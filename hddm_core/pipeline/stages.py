@@ -7,7 +7,6 @@ finished identical run), calls the hddm_core stage function and records a small 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Optional
 
 from hddm_core.inference.routing import SINGLE
@@ -24,10 +23,6 @@ __all__ = ["StageRef", "STAGES", "stage_key", "reusable_key", "remember", "exper
            "for_landed_expert", "REF_NAME", "EMBEDDED_PREFIX", "run_download", "run_recaption", "run_embed",
            "run_cluster", "run_prepare", "run_train_expert", "run_train_router", "run_register_expert",
            "run_evaluate"]
-
-EXPERT_LANDED_EVENT = "hddm.expert.landed"
-# uuid5 namespace for event ids: the same expert weights always give the same event id.
-EVENT_NAMESPACE = uuid.UUID("6f1c1f3e-3c1e-5b7a-9d1a-4c8f2e0b7a11")
 
 
 def _device(name: str) -> str:
@@ -282,11 +277,6 @@ def run_train_router(params: TrainRouterParams, progress: Progress = None) -> St
 
 
 # -- experts: registration and evaluation ---------------------------------------------------------
-def landed_event_id(weights_sha256: str) -> str:
-    """Deterministic event id for an expert landing: repeated emissions are one event to Prefect."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{EXPERT_LANDED_EVENT}:{weights_sha256}"))
-
-
 def run_register_expert(params: RegisterExpertParams) -> StageRef:
     """Validate an untrusted expert (schema, shapes, hash, finite values, smoke forward) and store it."""
     from hddm_core.contrib.registration import register_expert
@@ -296,8 +286,7 @@ def run_register_expert(params: RegisterExpertParams) -> StageRef:
     return StageRef(stage="register-expert", uri=result["uri"], prefix=result["prefix"],
                     content_hash=result["weights_sha256"], key=result["weights_sha256"],
                     counts={"checks": result["checks"]}, reused=result["already_registered"],
-                    extra={"cluster_id": result["cluster_id"], "objective": result["objective"],
-                           "event_id": landed_event_id(result["weights_sha256"])})
+                    extra={"cluster_id": result["cluster_id"], "objective": result["objective"]})
 
 
 def for_landed_expert(params: EvaluateParams, expert_uri: str) -> EvaluateParams:

@@ -1,6 +1,6 @@
 """A Dask cluster on this machine with the same layout as the GPU recipe in README.md (for tests and laptops).
 
-    python -m infra.dask.local_cluster [--workers 1] [--gpu-resource]   # prints the scheduler address
+    python -m hddm_infra.dask.local_cluster [--workers 1] [--gpu-resource]   # prints the scheduler address
 
 Workers listen on 127.0.0.1 only. With --gpu-resource each worker advertises GPU=1, like the GPU hosts,
 so tasks annotated with resources={"GPU": 1} are accepted.
@@ -20,7 +20,7 @@ def local_cluster(n_workers: int = 1, gpu_resource: bool = False, processes: boo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.dask.local_cluster")
+    parser = argparse.ArgumentParser(prog="python -m hddm_infra.dask.local_cluster")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gpu-resource", action="store_true")
     args = parser.parse_args(argv)

@@ -97,6 +97,7 @@ def test_prefect_flag_needs_an_api(capsys, monkeypatch):
     assert "--prefect needs a Prefect API" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_study_runs_and_writes_a_report(tmp_path, capsys):
     line = next(c for c in named_block("readme-evaluate") if c.startswith("hddmp study"))
     argv = shlex.split(line)[1:]

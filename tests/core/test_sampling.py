@@ -47,8 +47,10 @@ def test_euler_error_is_first_order_and_small_at_100_steps():
     assert abs(euler_affine_std(100)[0] - DATA.mean) < 1e-12  # the mean is transported exactly
 
 
-@pytest.mark.parametrize("prediction,schedule", [("velocity", "linear"), ("eps", "ddpm-linear"),
-                                                 ("x0", "cosine"), ("eps", "linear")])
+@pytest.mark.parametrize("prediction,schedule", [("velocity", "linear"),  # the others: over 10 s each
+                                                 pytest.param("eps", "ddpm-linear", marks=pytest.mark.slow),
+                                                 pytest.param("x0", "cosine", marks=pytest.mark.slow),
+                                                 pytest.param("eps", "linear", marks=pytest.mark.slow)])
 def test_ideal_expert_samples_the_data_distribution(prediction, schedule):
     mean, std = sample_stats(ideal_expert(prediction, schedule))
     _, euler_std = euler_affine_std(100)
@@ -57,6 +59,7 @@ def test_ideal_expert_samples_the_data_distribution(prediction, schedule):
     assert abs(std - DATA.std) < 0.025 * DATA.std
 
 
+@pytest.mark.slow  # over 10 s
 def test_heterogeneous_mixture_samples_the_same_distribution():
     """An ideal DDPM eps-expert (discrete time) mixed 50/50 with an ideal FM velocity-expert."""
     ddpm = ideal_expert("eps", "ddpm-linear", "discrete-999")

@@ -20,6 +20,7 @@ def blobs(n_per=(250,) * 8, dim=32, seed=0, spread=3.0):
     return (centres[groups] + rng.normal(size=(len(groups), dim))).astype(np.float32), groups
 
 
+@pytest.mark.slow  # over 10 s
 def test_recovers_separated_groups_and_is_deterministic():
     x, groups = blobs()
     a = hierarchical_kmeans(x, 8, seed=3)

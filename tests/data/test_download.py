@@ -47,6 +47,7 @@ def hostile_download(hostile_server, tmp_path_factory):
     return store, key, cfg, manifest, len(rows)
 
 
+@pytest.mark.slow  # over 10 s
 def test_hostile_rows_are_counted_by_reason_never_crash(hostile_download, hostile_server):
     store, _, _, manifest, n_rows = hostile_download
     summary = read_summary(store, "dl")
@@ -61,6 +62,7 @@ def test_hostile_rows_are_counted_by_reason_never_crash(hostile_download, hostil
     assert manifest.counts["success"] == len(GOOD)
 
 
+@pytest.mark.slow  # over 10 s
 def test_samples_readable_rgb_with_captions_and_exif_applied(hostile_download):
     store = hostile_download[0]
     samples = {s.meta["case"]: s for s in iter_download_samples(store, "dl")}
@@ -73,6 +75,7 @@ def test_samples_readable_rgb_with_captions_and_exif_applied(hostile_download):
     assert (samples["tall.png"].meta["original_width"], samples["tall.png"].meta["original_height"]) == (1, 50)
 
 
+@pytest.mark.slow  # over 10 s
 def test_manifest_names_shards_and_reruns_are_noops(hostile_download):
     store, key, cfg, manifest, _ = hostile_download
     assert manifest_shards(store, "dl") == [f"shards/0000{i}.tar" for i in range(2)]

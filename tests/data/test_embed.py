@@ -27,6 +27,7 @@ def _cos(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.mark.slow  # over 10 s
 def test_inception_separates_shape_groups(inception):
     images = [shape_image("red circle", 1), shape_image("red circle", 2),
               shape_image("blue square", 1), shape_image("blue square", 2)]
@@ -37,6 +38,7 @@ def test_inception_separates_shape_groups(inception):
     assert within > across
 
 
+@pytest.mark.slow  # over 10 s
 def test_embed_stage_writes_float16_shards_with_keys_named_truthfully(store, inception):
     samples = shape_samples(per_group=2)  # 6 samples
     m = embed(store, "emb", inception, samples=samples, input_hash=samples_hash(samples),

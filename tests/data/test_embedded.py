@@ -49,6 +49,7 @@ def test_renders_are_real_coloured_glyphs_and_zwj_ligates():
         assert np.ptp(arr, axis=2).max() > 60  # in colour
 
 
+@pytest.mark.slow  # over 10 s
 def test_build_is_deterministic_and_downloads_through_img2dataset(tmp_path):
     cfg = EmbeddedConfig(size=48, limit=30, styles=("openmoji", "noto"))
     a = build_embedded_dataset(ArtifactStore(str(tmp_path / "a")), "emb", cfg)

@@ -22,9 +22,9 @@ def test_units_run_as_prefect_task_runs_on_dask(tmp_path):
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask import DaskTaskRunner
 
-    from flows.unit_map import PrefectTasks
+    from hddm_flows.unit_map import PrefectTasks
     from hddm_core.data.unit_runner import ModelSpec
-    from infra.dask.local_cluster import local_cluster
+    from hddm_infra.dask.local_cluster import local_cluster
 
     samples = shape_samples(per_group=4)  # 12 samples, 3 units of one shard
     ref_store, ws = ArtifactStore(str(tmp_path / "ref")), ArtifactStore(str(tmp_path / "units"))

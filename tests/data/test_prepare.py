@@ -46,6 +46,7 @@ class _FailingText:
         return self.inner.encode(texts)
 
 
+@pytest.mark.slow  # over 10 s
 def test_pixel_minilm_inputs_per_cluster_and_router(clustered, minilm):
     store, samples = clustered
     m = prepare_training_inputs(store, "prep", "clu", PixelSpace(16), minilm, samples=samples,
@@ -83,6 +84,7 @@ def test_pixel_minilm_inputs_per_cluster_and_router(clustered, minilm):
     assert int(null_mask.sum()) == 2  # [CLS] [SEP] of the empty caption
 
 
+@pytest.mark.slow  # over 10 s
 def test_killed_prepare_resumes_to_identical_shards(clustered, minilm):
     store, samples = clustered
     h, cfg = samples_hash(samples), PrepareConfig(batch_size=2, shard_size=2)

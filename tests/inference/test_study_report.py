@@ -1,6 +1,7 @@
 """The study on ideal Gaussian-mixture experts, and the report it writes (small and fast)."""
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -9,6 +10,7 @@ from hddm_core.metrics.result import MetricResult
 from hddm_core.pipeline.study import gaussian_study_inputs, run_study
 
 
+@pytest.mark.slow  # over 10 s
 def test_study_runs_every_comparison_and_writes_a_report(tmp_path, capsys):
     res = run_study(gaussian_study_inputs(reference_n=4000), range(48), steps=12, taus=(0.2, 0.6))
     names = [v.name for v in res.variants]

@@ -70,6 +70,7 @@ def test_reference_stats_are_computed_once_and_stored_as_npz(tmp_path):
         reference_stats(store, "ref/stats.pkl", lambda: None, FakeFeatures())
 
 
+@pytest.mark.slow  # over 10 s
 def test_real_inception_same_folder_twice(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(5):

@@ -139,6 +139,7 @@ def test_bf16_autocast_close_to_fp32(tiny16):
     assert (low.float() - ref).norm() / ref.norm() < 0.05
 
 
+@pytest.mark.slow  # over 10 s
 def test_full_graph_trace_without_breaks(tiny16):
     """fullgraph=True fails on any graph break (data-dependent Python control flow)."""
     x, t, tokens = inputs()

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:  # flows/ and tasks/ are repository folders
-    sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # prefect.yaml's folder
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -40,9 +37,26 @@ def tiny_params(root: str, **overrides):
     return PipelineParams(**fields)
 
 
+def tiny_expert(folder, objective="flow-matching", cluster_id=1) -> str:
+    """A saved tiny-16 expert (safetensors + manifest) in `folder`; returns its path."""
+    import torch
+
+    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.models.dit import build_expert_model
+    from hddm_core.models.presets import expert_config
+
+    torch.manual_seed(0)
+    model = build_expert_model(expert_config("tiny-16", input_size=8))
+    return save_expert(str(folder), "expert", model, {"objective": objective, "cluster_id": cluster_id,
+                                                        "text_encoder": "all-MiniLM-L6-v2",
+                                                        "latent_space": "pixel", "data_hash": "test"})
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # None: wait as long as PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says (tests/conftest.py sets
+    # the project's default, hddm_flows.environment; a user's own value wins)
+    with prefect_test_harness(server_startup_timeout=None):
         yield

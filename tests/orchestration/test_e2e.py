@@ -7,29 +7,30 @@ import uuid
 
 import pytest
 
-from .conftest import REPO, tiny_params
+from .conftest import tiny_params
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    from infra.local_stack import LocalStack, free_port
-    from infra.up import bootstrap, deploy
+    from hddm_infra.local_stack import LocalStack, free_port
+    from hddm_infra.up import bootstrap, deploy
 
     home = str(tmp_path_factory.mktemp("prefect-home"))
     root = str(tmp_path_factory.mktemp("artifacts"))
     s = LocalStack(home=home, port=free_port())
-    # workers (and their flow-run processes) inherit these: the project folder for the pull step and
-    # the artifact root for runs whose parameters leave it empty (the trigger's evaluations)
-    os.environ["HDDM_PROJECT_DIR"] = REPO
+    # workers (and their flow-run processes) inherit the artifact root for runs whose parameters leave
+    # it empty (the trigger's evaluations); they run in a bare folder: flow code comes from the installed
+    # package (module-path entrypoints, no pull step), never from the working directory
     os.environ["HDDM_ARTIFACT_ROOT"] = root
+    bare = str(tmp_path_factory.mktemp("worker-cwd"))
     try:
-        s.start_server(timeout=180)
+        s.start_server()
         bootstrap(s, gpus=1)
         deploy(s, ["pipeline", "train-expert", "train-router", "evaluate", "register-expert"])
-        s.start_worker("hddm-cpu", "test-cpu", cwd=REPO)
-        s.start_worker("hddm-gpu", "test-gpu", cwd=REPO)
+        s.start_worker("hddm-cpu", "test-cpu", cwd=bare)
+        s.start_worker("hddm-gpu", "test-gpu", cwd=bare)
         yield s, root
     finally:
         s.stop()  # by pid: SIGINT, then SIGKILL
@@ -64,7 +65,7 @@ def test_pipeline_deployment_and_exactly_once_evaluation(stack):
     from prefect.deployments import run_deployment
     from prefect.events import emit_event
 
-    from hddm_core.pipeline.stages import EXPERT_LANDED_EVENT, landed_event_id
+    from hddm_tasks.events import EXPERT_LANDED_EVENT, landed_event_id
 
     s, root = stack
     params = tiny_params(root, train_deployment="train-expert/train-expert")

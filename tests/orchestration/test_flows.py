@@ -9,7 +9,7 @@ from .conftest import tiny_params
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, prefect_harness):
-    from flows.pipeline import pipeline
+    from hddm_flows.pipeline import pipeline
 
     root = str(tmp_path_factory.mktemp("pipeline"))
     return root, pipeline(tiny_params(root))
@@ -33,7 +33,7 @@ def test_pipeline_runs_every_stage_and_writes_the_report(first_run):
 
 @pytest.mark.slow
 def test_second_run_reuses_finished_stages(first_run):
-    from flows.pipeline import pipeline
+    from hddm_flows.pipeline import pipeline
     from hddm_core.pipeline import stages
 
     root, result = first_run
@@ -47,8 +47,9 @@ def test_second_run_reuses_finished_stages(first_run):
         assert ref.reused, ref.stage
 
 
+@pytest.mark.slow
 def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_path):
-    from flows.stages import cluster, register_expert
+    from hddm_flows.stages import cluster, register_expert
 
     with pytest.raises(Exception, match="n_clusters"):
         cluster(params={"artifact_root": str(tmp_path), "n_clusters": 0})
@@ -57,13 +58,14 @@ def test_invalid_parameters_are_rejected_before_any_work(prefect_harness, tmp_pa
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_map_stage_runs_on_a_dask_cluster_with_gpu_resources(prefect_harness, tmp_path):
     """on_dask submits the stage task through prefect-dask's DaskTaskRunner to the given scheduler."""
     from prefect import task
 
-    from flows.dask_runner import on_dask
+    from hddm_flows.dask_runner import on_dask
     from hddm_core.pipeline.params import EmbedParams
-    from infra.dask.local_cluster import local_cluster
+    from hddm_infra.dask.local_cluster import local_cluster
 
     @task(timeout_seconds=120)
     def where(params):

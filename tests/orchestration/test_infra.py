@@ -1,5 +1,4 @@
 """prefect.yaml and infra specs, checked without a server."""
-import importlib
 import os
 import re
 
@@ -17,12 +16,13 @@ def _config():
 
 
 def test_every_stage_has_a_deployment_whose_entrypoint_is_that_flow():
+    """Loaded the way a worker's flow-run process loads it (prefect.flows.load_flow_from_entrypoint)."""
+    from prefect.flows import load_flow_from_entrypoint
+
     deployments = {d["name"]: d for d in _config()["deployments"]}
     assert set(deployments) == STAGE_FLOWS
     for name, d in deployments.items():
-        path, func = d["entrypoint"].split(":")
-        module = importlib.import_module(path[:-3].replace("/", "."))
-        assert getattr(module, func).name == name
+        assert load_flow_from_entrypoint(d["entrypoint"], use_placeholder_flow=False).name == name
         assert d["work_pool"]["name"] in ("hddm-cpu", "hddm-gpu")
     assert deployments["train-expert"]["work_pool"]["name"] == "hddm-gpu"
 
@@ -56,7 +56,7 @@ def test_no_secrets_in_prefect_yaml():
 def test_crash_automation_spec_is_a_valid_automation():
     from prefect.automations import Automation
 
-    from infra.bootstrap import crash_automation_spec
+    from hddm_infra.bootstrap import crash_automation_spec
 
     a = Automation.model_validate(crash_automation_spec())
     assert a.trigger.expect == {"prefect.flow-run.Crashed"}

@@ -64,8 +64,8 @@ def test_demo_params_are_valid_and_small():
 def test_flow_parameter_schema_renders_the_models(prefect_free_import=None):
     from prefect.utilities.callables import parameter_schema
 
-    from flows.pipeline import pipeline
-    from flows.stages import register_expert
+    from hddm_flows.pipeline import pipeline
+    from hddm_flows.stages import register_expert
 
     schema = parameter_schema(pipeline.fn).model_dump()
     assert "PipelineParams" in str(schema["properties"]["params"])

@@ -1,43 +1,31 @@
-"""Tasks through .fn (no Prefect server): registration, events, transient retries, cache keys."""
+"""Tasks through .fn: registration and its event (artifacts need the session's Prefect server: slow),
+transient retries, cache keys."""
 import os
 import uuid
 
 import pytest
-import torch
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import RegisterExpertParams, TrainExpertParams
-from tasks import common
+from hddm_tasks import common
+from hddm_tasks.events import landed_event_id
 
-
-def _tiny_expert(folder, objective="flow-matching", cluster_id=1):
-    from hddm_core.checkpoints.experts import save_expert
-    from hddm_core.models.dit import build_expert_model
-    from hddm_core.models.presets import expert_config
-
-    torch.manual_seed(0)
-    model = build_expert_model(expert_config("tiny-16", input_size=8))
-    return save_expert(str(folder), "expert", model, {"objective": objective, "cluster_id": cluster_id,
-                                                        "text_encoder": "all-MiniLM-L6-v2",
-                                                        "latent_space": "pixel", "data_hash": "test"})
-
-
-@pytest.fixture(autouse=True)
-def _api(prefect_harness):
-    """Artifacts need an API: the session's one harness (no per-test server)."""
+from .conftest import tiny_expert as _tiny_expert
 
 
 @pytest.fixture
 def events(monkeypatch):
+    """Every hddm.expert.landed the one emitter (hddm_tasks.events) sends."""
     sent = []
-    import tasks.experts as te
+    import hddm_tasks.events as te
 
     monkeypatch.setattr(te, "emit_event", lambda event, **kw: sent.append((event, kw)))
     return sent
 
 
-def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, events):
-    from tasks.experts import register_expert
+@pytest.mark.slow
+def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, events, prefect_harness):
+    from hddm_tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")
     root = str(tmp_path / "store")
@@ -49,13 +37,14 @@ def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, eve
     assert again.reused and again.content_hash == ref.content_hash
     assert [e[0] for e in events] == ["hddm.expert.landed"] * 2
     ids = {e[1]["id"] for e in events}
-    assert ids == {uuid.UUID(stages.landed_event_id(ref.content_hash))}
+    assert ids == {uuid.UUID(landed_event_id(ref.content_hash))}
     assert events[0][1]["payload"]["expert_uri"] == ref.uri
 
 
-def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events):
+@pytest.mark.slow
+def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events, prefect_harness):
     from hddm_core.checkpoints.experts import PickleRefused
-    from tasks.experts import register_expert
+    from hddm_tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")
     weights = next(f for f in os.listdir(src) if f.endswith(".safetensors"))

@@ -1,0 +1,40 @@
+"""The `hddm.expert.landed` Prefect event: one emitter for every way an expert lands (the register-expert
+flow, `hddmp expert register` and `hddmp expert submit` in-process), whose trigger runs its evaluation.
+
+The event id is a uuid5 of the weights' sha256: the same expert always gives the same id, and Prefect's
+trigger service drops an id it has already seen, so a repeated landing triggers one evaluation.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Optional
+
+from prefect.events import emit_event
+
+EXPERT_LANDED_EVENT = "hddm.expert.landed"
+# uuid5 namespace for event ids (fixed forever: changing it would re-trigger every known expert).
+EVENT_NAMESPACE = uuid.UUID("6f1c1f3e-3c1e-5b7a-9d1a-4c8f2e0b7a11")
+
+
+def landed_event_id(weights_sha256: str) -> str:
+    """Deterministic event id for an expert landing: repeated emissions are one event to Prefect."""
+    if not weights_sha256:
+        raise ValueError("landed_event_id needs the expert's weights sha256, got an empty value")
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{EXPERT_LANDED_EVENT}:{weights_sha256}"))
+
+
+def emit_landed(*, expert_uri: str, weights_sha256: str, prefix: str, cluster_id: Optional[int] = None,
+                objective: Optional[str] = None) -> str:
+    """Emit hddm.expert.landed for a stored expert; returns the event id."""
+    event_id = landed_event_id(weights_sha256)
+    emit_event(EXPERT_LANDED_EVENT, id=uuid.UUID(event_id),
+               resource={"prefect.resource.id": f"hddm.expert.{weights_sha256}", "prefect.resource.name": prefix},
+               payload={"expert_uri": expert_uri, "weights_sha256": weights_sha256, "cluster_id": cluster_id,
+                        "objective": objective})
+    return event_id
+
+
+def emit_landed_ref(ref) -> str:
+    """emit_landed for a register-expert StageRef (hddm_core.pipeline.stages.run_register_expert)."""
+    return emit_landed(expert_uri=ref.uri, weights_sha256=ref.content_hash, prefix=ref.prefix,
+                       cluster_id=ref.extra.get("cluster_id"), objective=ref.extra.get("objective"))

@@ -1,0 +1,96 @@
+"""hddm.expert.landed: one emitter (hddm_tasks.events) for every way an expert lands: the register-expert
+flow's task (test_tasks.py), `hddmp expert register` in-process and `hddmp expert submit`."""
+import os
+import time
+import uuid
+
+import pytest
+
+from hddm_cli.main import main
+from hddm_tasks import events
+
+from .conftest import tiny_expert
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Events handed to Prefect by the one emitter."""
+    out = []
+    monkeypatch.setattr(events, "emit_event", lambda event, **kw: out.append((event, kw)))
+    return out
+
+
+def test_event_id_is_deterministic_per_weights():
+    a = events.landed_event_id("ab" * 32)
+    assert a == events.landed_event_id("ab" * 32) != events.landed_event_id("cd" * 32)
+    assert uuid.UUID(a).version == 5
+    assert a == str(uuid.uuid5(events.EVENT_NAMESPACE, "hddm.expert.landed:" + "ab" * 32))
+    with pytest.raises(ValueError, match="weights sha256"):
+        events.landed_event_id("")
+
+
+def _register(tmp_path, capsys, *extra):
+    src = tiny_expert(tmp_path / "contrib", objective="ddpm-eps", cluster_id=2)
+    code = main(["-q", "expert", "register", "--artifact-root", str(tmp_path / "run"), "--source", src,
+                 "--name", "alice", *extra])
+    return code, capsys.readouterr().out
+
+
+def test_inprocess_register_sends_the_landed_event(tmp_path, capsys, monkeypatch, sent):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    code, out = _register(tmp_path, capsys)
+    assert code == 0
+    assert [e for e, _ in sent] == ["hddm.expert.landed"]
+    kw = sent[0][1]
+    sha = kw["payload"]["weights_sha256"]
+    assert kw["id"] == uuid.UUID(events.landed_event_id(sha))
+    assert kw["payload"]["expert_uri"].endswith("experts/registry/alice")
+    assert (kw["payload"]["cluster_id"], kw["payload"]["objective"]) == (2, "ddpm-eps")
+    assert kw["resource"]["prefect.resource.id"] == f"hddm.expert.{sha}"
+    assert f"sent hddm.expert.landed (event {events.landed_event_id(sha)})" in out
+
+
+def test_inprocess_register_without_an_api_or_with_no_emit_event_sends_nothing(tmp_path, capsys, monkeypatch, sent):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    code, out = _register(tmp_path, capsys)
+    assert code == 0 and sent == []
+    assert "no event sent: no Prefect API is configured" in out and "hddmp evaluate" in out
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    code, out = _register(tmp_path / "again", capsys, "--no-emit-event")
+    assert code == 0 and sent == []
+    assert "no event sent" in out
+
+
+def test_submit_announces_through_the_same_emitter(monkeypatch, sent):
+    from hddm_cli.events import announce_landing
+
+    result = {"uri": "s3://run/experts/registry/bob", "key": "experts/registry/bob", "weights_sha256": "ef" * 32,
+              "cluster_id": 0, "objective": "flow-matching"}
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    line = announce_landing(result, run_url="s3://run", experts_prefix="experts/registry")
+    assert len(sent) == 1 and sent[0][1]["id"] == uuid.UUID(events.landed_event_id("ef" * 32))
+    assert sent[0][1]["payload"] == {"expert_uri": result["uri"], "weights_sha256": "ef" * 32, "cluster_id": 0,
+                                     "objective": "flow-matching"}
+    assert events.landed_event_id("ef" * 32) in line
+
+
+@pytest.mark.slow
+def test_inprocess_register_event_reaches_a_prefect_server(tmp_path, capsys, monkeypatch, prefect_harness):
+    """The real path (no stand-in emitter): the event is stored by the server under its deterministic id."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventIDFilter
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    code, out = _register(tmp_path, capsys)
+    assert code == 0 and "sent hddm.expert.landed" in out
+    event_id = out.split("(event ", 1)[1].split(")", 1)[0]
+    EventsWorker.drain_all()
+    deadline, found = time.monotonic() + 120, []
+    with get_client(sync_client=True) as client:
+        while not found and time.monotonic() < deadline:
+            found = client.read_events(EventFilter(id=EventIDFilter(id=[uuid.UUID(event_id)])), limit=10).events
+            time.sleep(1)
+    assert [e.event for e in found] == ["hddm.expert.landed"]
+    assert found[0].payload["expert_uri"].endswith(os.path.join("experts", "registry", "alice"))
