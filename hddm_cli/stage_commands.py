@@ -148,15 +148,14 @@ def pipeline_params(args: argparse.Namespace):
     from pydantic import ValidationError
 
     from hddm_core.pipeline.params import PipelineParams
-    from hddm_core.pipeline.presets import fill_preset
 
     from .options import ParamsError, one_line_errors, values_from_args
 
     values = values_from_args(args.specs, args)
-    if values.get("preset"):
-        values = fill_preset(values, values["preset"], plain={})  # plain={}: only unset options are filled
     try:
-        return PipelineParams.model_validate(values, context={"preset_applied": True})
+        if values.get("preset"):  # only the options left unset take the preset's values
+            return PipelineParams.from_preset(values.pop("preset"), **values)
+        return PipelineParams.model_validate(values)
     except ValidationError as exc:
         raise ParamsError(one_line_errors(exc, args.specs)) from None
 

@@ -338,6 +338,13 @@ class PipelineParams(StageParams):
             data = fill_preset(data, data["preset"], plain_pipeline_defaults())
         return data
 
+    @classmethod
+    def from_preset(cls, preset: str, **values) -> "PipelineParams":
+        """The preset with `values` on top; a value given here always wins, even one equal to the plain
+        default (the command line's reading; a bare PipelineParams(preset=...) reads like the Prefect form)."""
+        data = fill_preset({**values, "preset": preset}, preset, plain={})
+        return cls.model_validate(data, context={"preset_applied": True})
+
     @model_validator(mode="after")
     def _declarations(self):
         for i, o in enumerate(self.expert_overrides):

@@ -42,6 +42,10 @@ def test_set_fields_win_and_the_form_case_takes_the_preset():
     form.update(preset=PAPER, artifact_root=None)
     form["download"]["url_list_key"] = "x.parquet"
     assert P.PipelineParams.model_validate(form).cluster.n_clusters == 8
+    # from_preset (the command line's reading): a value given is kept even at the plain default
+    explicit = P.PipelineParams.from_preset(PAPER, cluster={"n_clusters": 4}, download={"source": "embedded"})
+    assert (explicit.cluster.n_clusters, explicit.download.source, explicit.preset) == (4, "embedded", PAPER)
+    assert explicit.prepare.max_length == 77
 
 
 def test_demo_params_are_the_demo_preset():
