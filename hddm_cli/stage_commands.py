@@ -70,6 +70,8 @@ def add_stage_parser(sub, name: str, cmd: StageCommand, *, extra: Callable[[argp
 
 
 def build_params(args: argparse.Namespace, **overrides):
+    if args.stage_cmd.params == PIPELINE.params and not overrides:
+        return pipeline_params(args)  # the preset's values fill only what the options leave unset
     return model_from_args(params_class(args.stage_cmd.params), args.specs, args, **overrides)
 
 
