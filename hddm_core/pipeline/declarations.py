@@ -14,15 +14,22 @@ Valid combinations (one line naming the field otherwise):
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from hddm_core.checkpoints.dit_import import DIT_TIME_INPUT
-from hddm_core.diffusion.objectives import OBJECTIVES
+from hddm_core.diffusion.objectives import OBJECTIVE_NAMES, OBJECTIVES
 from hddm_core.diffusion.schedules import SCHEDULES, get_schedule
+from hddm_core.diffusion.time_inputs import TIME_INPUTS
+from hddm_core.pipeline.param_checks import SAFE_CONFIG
 from hddm_core.training.config import INIT_SCRATCH
 
 DIT_SUFFIXES = (".pt", ".pth", ".safetensors")
 SCHEDULE_NAMES = tuple(SCHEDULES)
+Objective = Literal[tuple(OBJECTIVE_NAMES)]
+Schedule = Literal[SCHEDULE_NAMES]
+TimeInput = Literal[TIME_INPUTS]
 
 
 def is_dit_checkpoint(init: str) -> bool:
@@ -56,3 +63,23 @@ def fill_time_input(data: dict) -> dict:
     if isinstance(data, dict) and data.get("init") not in (None, INIT_SCRATCH) and data.get("time_input") is None:
         data = dict(data, time_input=DIT_TIME_INPUT)
     return data
+
+
+INIT_HELP = ("Where the expert's weights start: scratch, a converted expert folder (`hddmp expert import-dit`), or a "
+              "public DiT checkpoint (.pt/.pth/.safetensors path or store URL, DiT-XL-2-256x256 layout) converted "
+              "when training starts.")
+SCHEDULE_HELP = "Noise schedule override; empty = the objective's own (DDPM: variance-preserving only)."
+TIME_INPUT_HELP = ("How the network reads t; empty = the objective's own, or discrete-999 (round(999 t)) when "
+                    "initialised from DiT.")
+
+
+class ExpertOverride(BaseModel):
+    """One cluster's expert declaration in the pipeline (objective, init, schedule, time input)."""
+
+    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
+
+    cluster_id: int = Field(..., ge=0, le=4095)
+    objective: Optional[Objective] = Field(None, description="Empty: the pipeline's objectives, in turn.")
+    init: Optional[str] = Field(None, description="Empty: the pipeline's expert_init. " + INIT_HELP)
+    schedule: Optional[Schedule] = Field(None, description=SCHEDULE_HELP)
+    time_input: Optional[TimeInput] = Field(None, description=TIME_INPUT_HELP)

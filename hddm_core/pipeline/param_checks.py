@@ -7,6 +7,10 @@ import re
 
 from hddm_core.redact import has_url_credentials, mask_secrets
 
+# Untrusted input (the Prefect UI form, a JSON file) must not carry Infinity/NaN into any number, and
+# a refused value is never echoed by pydantic's message (it may be a credential).
+SAFE_CONFIG = dict(allow_inf_nan=False, hide_input_in_errors=True)
+
 
 def refuse_credentials(data, where: str = ""):
     """data unchanged, or ValueError naming the first string (at any depth) holding user:secret@ in a URL."""

@@ -14,21 +14,20 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hddm_core.data.address_policy import check_allow_hosts
-from hddm_core.pipeline.param_checks import check_key_name, check_prefix, refuse_credentials  # noqa: F401 (re-exported)
+from hddm_core.pipeline.param_checks import (SAFE_CONFIG, check_key_name, check_prefix,  # noqa: F401 (re-exported)
+                                             refuse_credentials)
 from hddm_core.redact import mask_secrets
-from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING, OBJECTIVE_NAMES
+from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING
 from hddm_core.inference.routing import FULL, ROUTING_NAMES, SINGLE, THRESHOLD, TOP_1, TOP_2
-from hddm_core.diffusion.time_inputs import TIME_INPUTS
 from hddm_core.models.presets import PRESET_NAMES, TINY_16
-from hddm_core.pipeline.declarations import SCHEDULE_NAMES, check_declaration, fill_time_input
+from hddm_core.pipeline.declarations import (INIT_HELP, SCHEDULE_HELP, TIME_INPUT_HELP, ExpertOverride,
+                                             Objective, Schedule, TimeInput, check_declaration, fill_time_input)
 from hddm_core.pipeline.presets import PIPELINE_PRESET_NAMES, fill_preset
 from hddm_core.training.config import INIT_SCRATCH
 
-Objective = Literal[tuple(OBJECTIVE_NAMES)]
 Architecture = Literal[tuple(reversed(PRESET_NAMES))]  # smallest first
 RoutingMode = Literal[tuple(ROUTING_NAMES)]
 Device = Literal["auto", "cpu", "cuda"]
-Schedule = Literal[SCHEDULE_NAMES]
 
 
 def resolve_device(name: str) -> str:
@@ -41,13 +40,9 @@ def resolve_device(name: str) -> str:
 
 
 
-TimeInput = Literal[TIME_INPUTS]
 PipelinePreset = Literal[PIPELINE_PRESET_NAMES]
 Precision = Literal["fp32", "bf16"]
 
-# Untrusted input (the Prefect UI form, a JSON file) must not carry Infinity/NaN into any number, and
-# a refused value is never echoed by pydantic's message (it may be a credential).
-SAFE_CONFIG = dict(allow_inf_nan=False, hide_input_in_errors=True)
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
@@ -208,34 +203,14 @@ class TrainingParams(BaseModel):
                                                             "storing its activations (experts; for 24-48 GB GPUs).")
 
 
-_INIT_HELP = ("Where the expert's weights start: scratch, a converted expert folder (`hddmp expert import-dit`), or a "
-              "public DiT checkpoint (.pt/.pth/.safetensors path or store URL, DiT-XL-2-256x256 layout) converted "
-              "when training starts.")
-_SCHEDULE_HELP = "Noise schedule override; empty = the objective's own (DDPM: variance-preserving only)."
-_TIME_INPUT_HELP = ("How the network reads t; empty = the objective's own, or discrete-999 (round(999 t)) when "
-                    "initialised from DiT.")
-
-
-class ExpertOverride(BaseModel):
-    """One cluster's expert declaration in the pipeline (objective, init, schedule, time input)."""
-
-    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
-
-    cluster_id: int = Field(..., ge=0, le=4095)
-    objective: Optional[Objective] = Field(None, description="Empty: the pipeline's objectives, in turn.")
-    init: Optional[str] = Field(None, description="Empty: the pipeline's expert_init. " + _INIT_HELP)
-    schedule: Optional[Schedule] = Field(None, description=_SCHEDULE_HELP)
-    time_input: Optional[TimeInput] = Field(None, description=_TIME_INPUT_HELP)
-
-
 class TrainExpertParams(StageParams):
     cluster_id: int = Field(0, ge=0, le=4095, description="The cluster this expert trains on (alone, one device).")
     objective: Objective = Field(FLOW_MATCHING, description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
     training: TrainingParams = Field(default_factory=TrainingParams)
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
-    init: str = Field(INIT_SCRATCH, description=_INIT_HELP)
-    schedule: Optional[Schedule] = Field(None, description=_SCHEDULE_HELP)
-    time_input: Optional[TimeInput] = Field(None, description=_TIME_INPUT_HELP)
+    init: str = Field(INIT_SCRATCH, description=INIT_HELP)
+    schedule: Optional[Schedule] = Field(None, description=SCHEDULE_HELP)
+    time_input: Optional[TimeInput] = Field(None, description=TIME_INPUT_HELP)
     prepare_prefix: str = "prepare"
     runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
     clustering_version: Optional[str] = Field(
@@ -319,7 +294,7 @@ class PipelineParams(StageParams):
     objectives: list[Objective] = Field([DDPM_EPS, FLOW_MATCHING], min_length=1,
                                         description="Objectives assigned to clusters in turn (mixed = heterogeneous).")
     expert_training: TrainingParams = Field(default_factory=TrainingParams)
-    expert_init: str = Field(INIT_SCRATCH, description="Every expert's init unless overridden. " + _INIT_HELP)
+    expert_init: str = Field(INIT_SCRATCH, description="Every expert's init unless overridden. " + INIT_HELP)
     expert_overrides: list[ExpertOverride] = Field(
         [], description="Per-cluster declarations (objective, init, schedule, time_input) that replace the ones above.")
     router: TrainRouterParams = Field(default_factory=TrainRouterParams)
