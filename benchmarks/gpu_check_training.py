@@ -1,5 +1,7 @@
 """GPU check of the training step: bf16 autocast, DiT-B/2 and DiT-XL/2 experts at 256 px
-(32 x 32 x 4 SD-VAE latents), 77 text tokens of width 768, through hddm_core.training's loop.
+(32 x 32 x 4 SD-VAE latents), 77 text tokens of width 768, through hddm_core.training's loop, each
+with and without gradient checkpointing (every DiT block recomputed in backward): peak memory and
+throughput of both, the figures docs/paper-recipe.md asks for.
 
 Prints, per preset: parameters, batch, step time, images/s, and MFU = model FLOPs per step
 (3 x forward matmul FLOPs, hddm_core.models.flops_per_forward) / step time / peak, against both
@@ -10,6 +12,7 @@ checkpoint writes are not timed (see benchmarks/bench_training.py for the loop's
     python -m benchmarks.gpu_check_training                  # on a GPU: B/2 and XL/2
     python -m benchmarks.gpu_check_training --smoke          # CPU, tiny-16, a few steps (CI-sized)
     python -m benchmarks.gpu_check_training --compile        # also torch.compile the forward
+    python -m benchmarks.gpu_check_training --presets XL/2 --batch 32 --checkpointing on   # one setting only
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ def matmul_peak(device, dtype, n: int, repeats: int = 10) -> float:
     return best
 
 
-def check(preset, args, device, peak_measured):
+def check(preset, args, device, peak_measured, checkpointing: bool):
     mcfg = expert_config(preset, in_channels=args.channels, input_size=args.latent, text_dim=args.text_dim)
     data = SyntheticExpertData(max(4 * args.batch, 64), mcfg.in_channels, mcfg.input_size, args.tokens, mcfg.text_dim)
     cfg = ExpertTrainConfig(architecture=preset, latent_space="sd-vae" if args.channels == 4 else "pixel",
@@ -67,7 +70,8 @@ def check(preset, args, device, peak_measured):
                             text_dim=args.text_dim, text_encoder="synthetic-tokens", steps=10**6,
                             batch_size=args.batch, lr=1e-4, checkpoint_interval=10**6, device=str(device),
                             precision=args.precision, compile=args.compile, objective=FLOW_MATCHING,
-                            ema_decay=0.9999, progress=False, loss_plot=False, num_workers=args.workers)
+                            ema_decay=0.9999, progress=False, loss_plot=False, num_workers=args.workers,
+                            gradient_checkpointing=checkpointing)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as root:
         loop = build_loop(cfg, data, root)  # the step-0 checkpoint is written by run(), not here
         batches = loop._batches(0)
@@ -86,7 +90,8 @@ def check(preset, args, device, peak_measured):
     step = statistics.median(times)
     flops = 3 * flops_per_forward(mcfg, batch=args.batch, text_len=args.tokens)
     achieved = flops / step / 1e12
-    out = {"preset": preset, "params_M": round(params / 1e6, 1), "batch": args.batch, "precision": args.precision,
+    out = {"preset": preset, "gradient_checkpointing": checkpointing, "params_M": round(params / 1e6, 1),
+           "batch": args.batch, "precision": args.precision,
            "compile": args.compile, "step_s": round(step, 4), "images_per_s": round(args.batch / step, 1),
            "model_TFLOPs": sig(achieved), "MFU_vs_measured_peak": sig(achieved / peak_measured),
            "MFU_vs_nominal_peak": sig(achieved / args.peak_tflops) if args.peak_tflops else None,
@@ -111,6 +116,8 @@ def main():
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--checkpointing", choices=["both", "on", "off"], default="both",
+                    help="gradient checkpointing settings to measure [default: both]")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="nominal dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny-16 at 16 px, 3 steps: checks the script runs")
     args = ap.parse_args()
@@ -129,8 +136,15 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(json.dumps({"device": name, "torch": torch.__version__, "measured_matmul_peak_TFLOPs": sig(peak),
                       "nominal_peak_TFLOPs": args.peak_tflops}), flush=True)
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.checkpointing]
     for preset in args.presets:
-        check(preset, args, device, peak)
+        for checkpointing in modes:
+            try:
+                check(preset, args, device, peak, checkpointing)
+            except torch.cuda.OutOfMemoryError:
+                print(json.dumps({"preset": preset, "gradient_checkpointing": checkpointing, "batch": args.batch,
+                                  "error": "CUDA out of memory"}), flush=True)
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

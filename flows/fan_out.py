@@ -53,9 +53,10 @@ def recorded_expert(params) -> StageRef:
     if key is None:
         raise LookupError(f"no recorded expert for cluster {params.cluster_id}: the prepare stage under "
                           f"{store.uri(params.prepare_prefix)} has no manifest")
-    ref_key = f"{stages.expert_run_prefix(params, key)}/{stages.REF_NAME}"
-    if stages.reusable_key("train-expert", params) is None:  # no record, another key, or weights gone
+    ref = stages.recorded_ref("train-expert", params)
+    if ref is None:  # no record, another key, or weights gone
+        ref_key = f"{stages.expert_run_prefix(params, key)}/{stages.REF_NAME}"
         raise LookupError(f"no recorded expert for cluster {params.cluster_id} ({params.objective}) at "
                           f"{store.uri(ref_key)}: its train-expert run finished without recording a result "
                           "there, or the weights it names changed")
-    return StageRef(**store.read_json(ref_key)["ref"])
+    return ref

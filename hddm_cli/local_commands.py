@@ -9,6 +9,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from hddm_core.inference.routing import AUTO, CHOICES_WITH_AUTO
+from hddm_core.pipeline.params import Device, resolve_device
 
 from .options import add_model_options, model_from_args
 
@@ -32,30 +33,31 @@ class SampleParams(BaseModel):
     steps: int = Field(20, ge=1, le=1000, description="Euler steps.")
     cfg_scale: float = Field(1.5, ge=0, le=50, description="Classifier-free guidance scale.")
     seed: int = Field(0, ge=0)
-    prepare_prefix: str = Field("prepare", description="The run's prepare stage (its text encoder settings).")
+    prepare_prefix: str = Field("prepare", description="The run's prepare stage (its text encoder and latent space).")
+    device: Device = Field(Device.__args__[0], description="Where sampling and decoding run (auto: cuda if visible).")
+    batch_size: int = Field(32, ge=1, le=4096, description="Samples per sampler call and per VAE decode.")
+    vae_model: Optional[str] = Field(None, description="Decode latents with the VAE from here (a local copy); empty = "
+                                                       "the prepare manifest's latent.model.")
     out: str = Field("samples.png", description="Output PNG path.")
 
 
 def _sample(args) -> int:
-    import torch
-
     from hddm_core.contrib.contributor import build_text_encoder
     from hddm_core.data.cluster_data import training_inputs_info
-    from hddm_core.pipeline.evaluation import expert_folders, routings_for
-    from hddm_core.inference.ensemble_sampler import sample_ensemble
+    from hddm_core.pipeline.batched_sampling import sample_in_batches
+    from hddm_core.pipeline.evaluation import decoder_for_run, expert_folders, routings_for
     from hddm_core.inference.loading import load_ensemble
     from hddm_core.inference.routing import resolve_name
+    from hddm_core.manifests import read_manifest
     from hddm_core.pipeline.report import image_grid
     from hddm_core.storage import open_store
 
     p: SampleParams = model_from_args(SampleParams, args.specs, args)
+    device = resolve_device(p.device)
     store = open_store(p.artifact_root)
-    ens = load_ensemble(expert_folders(store, p), p.router)
-    space = ens.members[0].manifest.get("latent_space")
-    if space != "pixel":
-        raise ValueError(f"hddmp sample writes pixel-space experts only; these experts use latent_space {space!r} "
-                         "(use `hddmp evaluate`, whose report decodes nothing either, or decode with the run's VAE)")
+    ens = load_ensemble(expert_folders(store, p), p.router, device=device)
     info = training_inputs_info(store, p.prepare_prefix)
+    decoder = decoder_for_run(read_manifest(store, p.prepare_prefix), p, ens.members, device)
     encoder = build_text_encoder(info["text"], device="cpu")
     prompts = [c for c in p.prompts for _ in range(p.images_per_prompt)]
     tokens, mask = encoder.encode(prompts)
@@ -67,14 +69,17 @@ def _sample(args) -> int:
     if not routings:
         raise ValueError(f"routing {mode!r} does not apply here: {skipped[0]}")
     name, routing = routings[0]
-    res = sample_ensemble(ens.members, list(range(p.seed, p.seed + len(prompts))), shape, router=ens.router,
-                          routing=routing, cond={"tokens": tokens, "mask": mask}, cfg_scale=p.cfg_scale, steps=p.steps,
-                          router_time_input=ens.router_time_input, progress=True)
-    png = image_grid(res.samples.clamp(-1, 1), prompts, columns=p.images_per_prompt)
+    res = sample_in_batches(ens.members, list(range(p.seed, p.seed + len(prompts))), shape,
+                            cond={"tokens": tokens, "mask": mask}, batch_size=p.batch_size, device=device,
+                            desc=f"sample {name}", router=ens.router, routing=routing, cfg_scale=p.cfg_scale,
+                            steps=p.steps, router_time_input=ens.router_time_input)
+    images = decoder.decode(res.samples, p.batch_size, progress=True)  # [N, 3, H, W] in [-1, 1]
+    png = image_grid(images, prompts, columns=p.images_per_prompt)
     os.makedirs(os.path.dirname(os.path.abspath(p.out)), exist_ok=True)
     with open(p.out, "wb") as f:
         f.write(png)
-    print(f"sampled {len(prompts)} images with {len(ens.members)} experts ({name}, {p.steps} steps) -> {p.out}")
+    print(f"sampled {len(prompts)} images with {len(ens.members)} experts ({name}, {p.steps} steps, "
+          f"{info['latent']['space']} decoded) -> {p.out}")
     return 0
 
 
@@ -88,6 +93,59 @@ def _study(args) -> int:
     print_table(results)
     print(f"report: {write_report(args.out, results)}")
     return 0
+
+
+def _import_dit(args) -> int:
+    """A public DiT checkpoint -> a self-describing expert initialisation (safetensors + expert.json)."""
+    from hddm_core.checkpoints.dit_import import import_dit_expert
+    from hddm_core.diffusion.objectives import get_objective
+    from hddm_core.diffusion.predictions import EPS
+
+    fields, text_dim, text_encoder = {}, args.text_dim, args.text_encoder
+    if args.run:
+        from hddm_core.data.cluster_data import training_inputs_info
+        from hddm_core.storage import open_store
+
+        info = training_inputs_info(open_store(args.run), args.prepare_prefix)
+        lat = info["latent"]
+        fields = dict(latent_space=lat["space"], latent_scale=float(lat["scale"]), image_resolution=int(lat["resolution"]))
+        text_dim, text_encoder = int(info["text"]["width"]), info["text"]["encoder"]
+    keep_eps = get_objective(args.objective).prediction == EPS if args.keep_eps_head is None else args.keep_eps_head
+    folder = os.path.abspath(args.out) if "://" not in args.out else args.out
+    parent, _, name = folder.rstrip("/").rpartition("/")
+    uri, report = import_dit_expert(args.source, parent, name, objective=args.objective, text_dim=text_dim,
+                                    text_encoder=text_encoder, keep_eps_head=keep_eps, num_heads=args.num_heads,
+                                    manifest_fields=fields)
+    print(f"converted {args.source}: {len(report.transferred)} tensors transferred, {len(report.derived)} derived, "
+          f"{len(report.reinitialised)} new -> {uri}")
+    print(f"train from it: hddmp expert train --objective {args.objective} --init {uri}")
+    return 0
+
+
+def add_import_dit_parser(esub) -> None:
+    from hddm_core.diffusion.objectives import FLOW_MATCHING, OBJECTIVE_NAMES
+
+    p = esub.add_parser("import-dit", help="convert a public DiT checkpoint (DiT-XL-2-256x256.pt layout) into a "
+                                           "self-describing expert initialisation",
+                        description="Convert a class-conditional DiT checkpoint (.pt read with torch.load("
+                                    "weights_only=True), or .safetensors) into a text-conditioned AdaLN-Single expert "
+                                    "(hddm_core.checkpoints.dit_import): safetensors + expert.json declaring "
+                                    "time_input discrete-999. Use it as --init of `hddmp expert train`.")
+    p.add_argument("source", help="DiT checkpoint file (.pt/.pth/.safetensors)")
+    p.add_argument("--out", required=True, help="output folder (or store URL) for the expert initialisation")
+    p.add_argument("--objective", choices=list(OBJECTIVE_NAMES), default=FLOW_MATCHING,
+                   help="the objective the expert will train with [default: %(default)s]")
+    p.add_argument("--run", default=None, help="artifact root of the run: take its latent space and text encoder "
+                                               "from its prepare stage [default: SD-VAE 256 px, --text-*]")
+    p.add_argument("--prepare-prefix", default="prepare", help="the run's prepare prefix [default: %(default)s]")
+    p.add_argument("--text-dim", type=int, default=768, help="text token width without --run [default: %(default)s, "
+                                                             "CLIP ViT-L/14]")
+    p.add_argument("--text-encoder", default="openai/clip-vit-large-patch14",
+                   help="text encoder declared without --run [default: %(default)s]")
+    p.add_argument("--num-heads", type=int, default=None, help="attention heads [default: the DiT preset's]")
+    p.add_argument("--keep-eps-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep DiT's eps output rows [default: yes for eps objectives, else no]")
+    p.set_defaults(func=_import_dit)
 
 
 # -- the local Prefect stack ---------------------------------------------------------------------------------

@@ -99,8 +99,9 @@ def _expert_register(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .contrib_commands import add_contrib_parser, add_expert_path_args, submit_command, validate_command
-    from .local_commands import add_local_parsers
-    from .stage_commands import DATA, EVALUATE, REGISTER, TRAIN_EXPERT, TRAIN_ROUTER, add_stage_parser
+    from .local_commands import add_import_dit_parser, add_local_parsers
+    from .stage_commands import (DATA, EVALUATE, REGISTER, TRAIN_EXPERT, TRAIN_ROUTER, add_pipeline_parser,
+                                 add_stage_parser)
 
     parser = argparse.ArgumentParser(
         prog="hddmp", description="Heterogeneous Decentralized Diffusion Models: data, training, inference and the "
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     expert = sub.add_parser("expert", help="experts: train, inspect, validate, submit, register")
     esub = expert.add_subparsers(dest="expert_command", required=True,
-                                 metavar="{train,inspect,validate,submit,register}")
+                                 metavar="{train,inspect,validate,submit,register,import-dit}")
     train = add_stage_parser(esub, "train", TRAIN_EXPERT)
     train.set_defaults(func=_expert_train)
     inspect = esub.add_parser("inspect", help="print a checkpoint's manifest and validation checks "
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=submit_command)
     register = add_stage_parser(esub, "register", REGISTER)
     register.set_defaults(func=_expert_register)
+    add_import_dit_parser(esub)
 
     router = sub.add_parser("router", help="the router: train")
     rsub = router.add_subparsers(dest="router_command", required=True, metavar="{train}")
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stage_parser(sub, "evaluate", EVALUATE)
     add_local_parsers(sub)
+    add_pipeline_parser(sub)
 
     demo = sub.add_parser("demo", help="run the main job on the embedded default (CPU)")
     demo.add_argument("--out", default="artifacts/demo", help="output folder (default: %(default)s)")

@@ -12,6 +12,7 @@ plain `--steps`, `--lr`, ...). Options left unset are not passed, so pydantic's 
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from typing import Any, Literal
@@ -60,6 +61,11 @@ def _default_text(field: FieldInfo) -> str:
             return ""
     else:
         return "required"
+    return value_text(value)
+
+
+def value_text(value) -> str:
+    """'default: ...' as --help shows a value."""
     if isinstance(value, BaseModel):
         return ""
     if value is None:
@@ -67,8 +73,19 @@ def _default_text(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return f"default: {'yes' if value else 'no'}"
     if isinstance(value, list):
-        return "default: " + (" ".join(map(str, value)) if value else "none")
+        return "default: " + (" ".join(json.dumps(v) if isinstance(v, dict) else str(v) for v in value)
+                              if value else "none")
     return f"default: {value}"
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
 
 
 def option_name(path: tuple[str, ...]) -> str:
@@ -107,7 +124,11 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *
             item = (typing.get_args(annotation) or (str,))[0]
             kwargs["nargs"] = "*"
             kwargs["metavar"] = "VALUE"
-        if typing.get_origin(item) is Literal:
+        if _is_model(item):  # a list of models: each value one JSON object
+            kwargs["type"] = _json_object
+            kwargs["metavar"] = "JSON"
+            help_parts.append("(each value a JSON object: " + ", ".join(item.model_fields) + ")")
+        elif typing.get_origin(item) is Literal:
             kwargs["choices"] = list(typing.get_args(item))
             kwargs["metavar"] = "{" + ",".join(map(str, kwargs["choices"])) + "}"
             kwargs["type"] = type(kwargs["choices"][0])
@@ -181,3 +202,18 @@ def model_from_args(model: type[BaseModel], specs: list[_Spec], args: argparse.N
         return model.model_validate(values)
     except ValidationError as exc:
         raise ParamsError(one_line_errors(exc, specs)) from None
+
+
+def show_values(parser: argparse.ArgumentParser, specs: list[_Spec], values: dict) -> None:
+    """Rewrite each option's '[default: ...]' in --help to the value at its path in `values` (a preset's)."""
+    by_dest = {a.dest: a for a in parser._actions}
+    for spec in specs:
+        node = values
+        for part in spec.path:
+            node = node.get(part) if isinstance(node, dict) else None
+        action = by_dest.get(spec.dest)
+        if action is None or action.help is None or isinstance(node, dict):
+            continue
+        text = value_text(node)
+        base = action.help.rsplit(" [default: ", 1)[0]
+        action.help = f"{base} [{text.replace('%', '%%')}]" if text else base

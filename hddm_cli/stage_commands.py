@@ -50,9 +50,10 @@ def params_class(name: str):
     return getattr(params, name)
 
 
-def add_stage_parser(sub, name: str, cmd: StageCommand, *, extra: Callable[[argparse.ArgumentParser], None] | None = None):
+def add_stage_parser(sub, name: str, cmd: StageCommand, *, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                     **parser_kwargs):
     parser = sub.add_parser(name, help=cmd.help, description=cmd.help + ". Runs in this process without a Prefect "
-                            "server; --prefect submits a run of the matching deployment instead.")
+                            "server; --prefect submits a run of the matching deployment instead.", **parser_kwargs)
     specs = add_model_options(parser, params_class(cmd.params))
     group = parser.add_argument_group("how to run")
     group.add_argument("--prefect", action="store_true",
@@ -69,6 +70,8 @@ def add_stage_parser(sub, name: str, cmd: StageCommand, *, extra: Callable[[argp
 
 
 def build_params(args: argparse.Namespace, **overrides):
+    if args.stage_cmd.params == PIPELINE.params and not overrides:
+        return pipeline_params(args)  # the preset's values fill only what the options leave unset
     return model_from_args(params_class(args.stage_cmd.params), args.specs, args, **overrides)
 
 
@@ -115,3 +118,72 @@ def execute(args: argparse.Namespace, params) -> int:
     ref = run_stage(cmd, params)
     print_ref(ref, as_json=args.json)
     return 0
+
+
+# -- the whole pipeline -------------------------------------------------------------------------------
+PIPELINE = StageCommand("pipeline", "PipelineParams", "run the whole pipeline (download -> ... -> evaluate) with "
+                        "every parameter as an option; --preset demo|paper fills the defaults")
+
+
+class _PresetHelp(argparse.Action):
+    """-h/--help showing the values of the --preset given before it (`--preset paper --help`)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        preset = getattr(namespace, "p__preset", None)
+        if preset:
+            from hddm_core.pipeline.params import plain_pipeline_defaults
+            from hddm_core.pipeline.presets import preset_values
+
+            from .options import show_values
+
+            show_values(parser, parser.get_default("specs"), preset_values(preset, plain_pipeline_defaults()))
+            parser.description += f" Defaults shown: preset {preset!r}."
+        parser.print_help()
+        parser.exit()
+
+
+def pipeline_params(args: argparse.Namespace):
+    """PipelineParams from the options: the preset's values fill what the options leave unset."""
+    from pydantic import ValidationError
+
+    from hddm_core.pipeline.params import PipelineParams
+
+    from .options import ParamsError, one_line_errors, values_from_args
+
+    values = values_from_args(args.specs, args)
+    try:
+        if values.get("preset"):  # only the options left unset take the preset's values
+            return PipelineParams.from_preset(values.pop("preset"), **values)
+        return PipelineParams.model_validate(values)
+    except ValidationError as exc:
+        raise ParamsError(one_line_errors(exc, args.specs)) from None
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    from hddm_core.pipeline.preflight import check_environment
+    from hddm_core.pipeline.run import run_pipeline
+
+    params = pipeline_params(args)
+    if args.prefect:  # every value explicit: the server must not fill the preset again
+        return execute(args, params.model_copy(update={"preset": None}))
+    check_environment(params)
+    result = run_pipeline(params, progress=progress_bar)
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"experts: {len(result['experts'])}; router: {result['router']}")
+        print(f"report: {result['report']}")
+    return 0
+
+
+def add_pipeline_parser(sub) -> argparse.ArgumentParser:
+    parser = add_stage_parser(sub, "pipeline", PIPELINE, add_help=False)
+    parser.add_argument("-h", "--help", action=_PresetHelp,
+                        help="show this help (after --preset NAME: with that preset's values as defaults) and exit")
+    parser.set_defaults(func=run_pipeline_command)
+    return parser

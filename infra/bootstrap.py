@@ -2,7 +2,7 @@
 
     python -m hddm_infra.bootstrap [--gpus N] [--kubernetes]
 
-- hddm-cpu: a process pool for data stages and evaluation.
+- hddm-cpu: a process pool for the CPU data stages (download, cluster) and the pipeline flow.
 - hddm-gpu: a process pool (one worker per GPU, infra/start_gpu_workers.sh) limited to N concurrent
   runs, or with --kubernetes a Kubernetes pool from infra/k8s/gpu-pool-base-job-template.json.
 - A tag concurrency limit `hddm-gpu` (N task runs at once) for tasks tagged as GPU work.

@@ -104,15 +104,21 @@ def _subprocess_env(store: ArtifactStore) -> dict:
     return env
 
 
-def _input_columns(store: ArtifactStore, input_key: str) -> list[str]:
+# (url, caption) column names accepted: ours, and LAION's as published (laion2B-en parquet: URL, TEXT)
+COLUMN_NAMES = (("url", "caption"), ("URL", "TEXT"))
+
+
+def _input_columns(store: ArtifactStore, input_key: str) -> tuple[list[str], str, str]:
+    """(all columns, url column, caption column) of a LAION-style parquet."""
     import pyarrow.parquet as pq
 
     with store.fs.open(store.path(input_key), "rb") as f:
         names = pq.read_schema(f).names
-    for required in ("url", "caption"):
-        if required not in names:
-            raise ValueError(f"{store.uri(input_key)}: LAION-style parquet needs a {required!r} column, has {names}")
-    return names
+    for url_col, caption_col in COLUMN_NAMES:
+        if url_col in names and caption_col in names:
+            return names, url_col, caption_col
+    raise ValueError(f"{store.uri(input_key)}: LAION-style parquet needs url and caption columns, one of "
+                     f"{[list(c) for c in COLUMN_NAMES]}; has {names}")
 
 
 def run_download(store: ArtifactStore, input_key: str, prefix: str = "download",
@@ -128,9 +134,9 @@ def run_download(store: ArtifactStore, input_key: str, prefix: str = "download",
         return done
 
     start_run(store, prefix, cfg, inputs, force, [SHARDS_DIR, SUMMARY_NAME])
-    columns = _input_columns(store, input_key)
-    extra = [c for c in columns if c not in _I2D_META]
-    spec = {"kwargs": i2d_kwargs(store, input_key, f"{prefix}/{SHARDS_DIR}", config, extra),
+    columns, url_col, caption_col = _input_columns(store, input_key)
+    extra = [c for c in columns if c not in _I2D_META and c not in (url_col, caption_col)]
+    spec = {"kwargs": i2d_kwargs(store, input_key, f"{prefix}/{SHARDS_DIR}", config, extra, url_col, caption_col),
             "guard": dataclasses.asdict(config.fetch_guard()) if config.guards else None}
     run_img2dataset(spec, _subprocess_env(store))
     return _finish(store, prefix, config, cfg, inputs)
@@ -151,10 +157,11 @@ def start_run(store: ArtifactStore, prefix: str, cfg: dict, inputs: dict, force:
         log.info("resuming download at %s from its completed shards", store.uri(prefix))
 
 
-def i2d_kwargs(store: ArtifactStore, input_key: str, output_key: str, config: DownloadConfig, extra: list[str]) -> dict:
-    """img2dataset's arguments for one parquet (columns url, caption and `extra`, carried as they are)."""
+def i2d_kwargs(store: ArtifactStore, input_key: str, output_key: str, config: DownloadConfig, extra: list[str],
+               url_col: str = "url", caption_col: str = "caption") -> dict:
+    """img2dataset's arguments for one parquet (url and caption columns, and `extra` carried as they are)."""
     return dict(url_list=_store_url(store, input_key), output_folder=_store_url(store, output_key),
-                input_format="parquet", url_col="url", caption_col="caption",
+                input_format="parquet", url_col=url_col, caption_col=caption_col,
                 save_additional_columns=extra or None, output_format="webdataset", image_size=config.image_size,
                 resize_mode=config.resize_mode, encode_format=config.encode_format,
                 encode_quality=config.encode_quality, number_sample_per_shard=config.number_sample_per_shard,

@@ -24,6 +24,7 @@ import math
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from hddm_core.models.layers import (LAYER_NORM_EPS, CrossAttention, Mlp, PatchEmbed, SelfAttention, TimestepEmbedder,
@@ -150,6 +151,7 @@ class DiTExpert(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(d, c.num_heads, c.mlp_ratio, c.adaln, cross_attention=True)
                                     for _ in range(c.depth))
         self.final_layer = FinalLayer(d, c.patch_size**2 * c.in_channels, c.adaln)
+        self.gradient_checkpointing = False  # a training setting (ExpertTrainConfig), not part of the architecture
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -235,7 +237,11 @@ class DiTExpert(nn.Module):
         t_emb = self.t_embedder(t_net)  # [B, D]
         t_mod = self.t_block(t_emb) if c.adaln == "single" else t_emb  # [B, 6D] or [B, D]
         for block in self.blocks:
-            h = block(h, t_mod, context, mask)  # [B, N, D]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the block in backward instead of storing its activations (same gradients)
+                h = torch.utils.checkpoint.checkpoint(block, h, t_mod, context, mask, use_reentrant=False)
+            else:
+                h = block(h, t_mod, context, mask)  # [B, N, D]
         h = self.final_layer(h, t_emb)  # [B, N, p*p*C]
         return unpatchify(h, c.patch_size, c.in_channels)  # [B, C, H, W]
 

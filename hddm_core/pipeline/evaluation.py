@@ -3,15 +3,20 @@ on identical seeds and prompts, measure, and write the report (hddm_core.pipelin
 router and training pictures.
 
 Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
-prepare stage. Quality: Frechet distance of Inception-v3 features projected to `fd_dims` (a named
-small-sample variant, never called FID) against real images of the same clusters; diversity:
-pixel-RMS within each prompt's images (LPIPS is reported as unavailable when its weights are absent).
+prepare stage. Everything measured and drawn is in pixels: the run's latent space (the prepare
+manifest's `latent`: pixel, or SD-VAE with its model and scale) is decoded (hddm_core.data.latents),
+samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
+batches of `batch_size`, with progress bars. Quality: Frechet distance of Inception-v3 features
+projected to `fd_dims` (a named small-sample variant, never called FID) against real images of the
+same clusters; diversity: LPIPS within each prompt's images (pixel-RMS when LPIPS weights are absent).
+Each expert also samples its own cluster's prompts alone (`expert_grid_images`, one grid each).
 Output prefix: <evaluations_prefix>/<key[:16]>, key = hash(expert weights, router weights, data, config):
 a second call for the same experts returns the existing manifest without sampling.
 """
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable, Optional
 
 import numpy as np
@@ -74,21 +79,48 @@ def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: 
     return captions, torch.stack(tokens), torch.stack(masks), torch.stack(real)
 
 
+def decoder_for_run(prep, params, members, device: str):
+    """The run's latent decoder; the experts must declare the latent space the prepare stage recorded."""
+    from hddm_core.data.latents import latent_decoder
+
+    latent = prep.config["latent"]
+    for m in members:
+        space, scale = m.manifest.get("latent_space"), float(m.manifest.get("latent_scale", 1.0))
+        if space != latent["space"] or abs(scale - float(latent["scale"])) > 1e-9:
+            raise ValueError(f"expert {m.name!r} declares latent_space {space!r} (scale {scale:g}) but the run's "
+                             f"prepare manifest records {latent['space']!r} (scale {float(latent['scale']):g})")
+    return latent_decoder(latent, device=device, vae_model=params.vae_model,
+                          field=f"{params.prepare_prefix}/_manifest.json config.latent.model")
+
+
+def _stats(images: torch.Tensor, features, dims: int):
+    from hddm_core.metrics.fid import FEATURE_NET, RESIZE, feature_statistics, projection
+
+    f = features(_images(images), progress=True)  # [N, 2048], batched on the features' device
+    f = f @ projection(f.shape[1], dims)
+    return feature_statistics(f, f"{FEATURE_NET}; {RESIZE}; orthonormal projection to {dims} (seed 0)")
+
+
 def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    from hddm_core.inference.ensemble_sampler import sample_ensemble
-    from hddm_core.inference.loading import load_ensemble
-    from hddm_core.metrics.fid import InceptionFeatures, fd_projected, inception_stats
+    from hddm_core.metrics.fid import InceptionFeatures, fd_projected
     from hddm_core.metrics.lpips_diversity import lpips_or_substitute
+    from hddm_core.inference.loading import load_ensemble
+    from hddm_core.pipeline.batched_sampling import sample_in_batches
     from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
 
+    from hddm_core.pipeline.params import resolve_device
+
+    device = resolve_device(params.device)
     folders = expert_folders(store, params)
-    ens = load_ensemble(folders, params.router)
+    ens = load_ensemble(folders, params.router, device=device)
     router_sha = ens.router_manifest.weights_sha256 if ens.router_manifest is not None else None
     prep = read_manifest(store, params.prepare_prefix)
     if prep is None:
         raise FileNotFoundError(f"no prepare manifest under {store.uri(params.prepare_prefix)}: evaluation draws its "
                                 "prompts and reference images from the prepared data")
-    cfg = params.model_dump(mode="json", exclude={"artifact_root", "force", "experts", "router"})
+    # where and how fast it runs does not change what is measured: not part of the key
+    cfg = params.model_dump(mode="json", exclude={"artifact_root", "force", "experts", "router", "device",
+                                                  "batch_size", "vae_model"})
     inputs = {"experts": sorted(m.manifest["weights_sha256"] for m in ens.members), "router": router_sha or "",
               "data": prep.content_hash}
     key = hash_config({"config": cfg, "inputs": inputs})
@@ -98,37 +130,39 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
         return {"prefix": prefix, "content_hash": done.content_hash, "key": key, "counts": done.counts,
                 "reused": True, "metrics": done.counts.get("metrics", {})}
     store.delete(f"{prefix}/_manifest.json")
+    decoder = decoder_for_run(prep, params, ens.members, device)
 
     clusters = sorted({int(m.manifest["cluster_id"]) for m in ens.members if m.manifest.get("cluster_id") is not None})
     captions, tokens, mask, real = _prompts(store, params.prepare_prefix, clusters or [0], params.n_prompts,
-                                                  params.reference_images)
+                                            params.reference_images)
     reps = params.images_per_prompt
     cond = {"tokens": tokens.repeat_interleave(reps, 0), "mask": mask.repeat_interleave(reps, 0)}
     prompts = [c for c in captions for _ in range(reps)]
     seeds = list(range(params.seed, params.seed + len(prompts)))
     shape = tuple(real.shape[1:])
-    space = ens.members[0].manifest.get("latent_space")
-    features = InceptionFeatures()
-    notes = [f"Scale: {len(ens.members)} tiny experts, {len(prompts)} samples per routing mode "
+    features = InceptionFeatures(device=device, batch_size=params.batch_size)
+    latent = prep.config["latent"]
+    notes = [f"Scale: {len(ens.members)} experts, {len(prompts)} samples per routing mode "
              f"({params.n_prompts} prompts x {reps} seeds), {params.steps} Euler steps, CFG {params.cfg_scale:g}; "
              "numbers compare routing modes of this run only, never the paper's (DiT-XL/2 on LAION).",
+             f"Latent space: {latent['space']} (model {latent.get('model')}, scale {float(latent['scale']):g}); "
+             "samples and real images are decoded to pixels before every metric and picture.",
              f"Quality: Frechet distance of Inception-v3 pool features projected to {params.fd_dims} dimensions "
              f"against {len(real)} real images of the same clusters (not FID, which needs > 2048 samples)."]
-    ref = inception_stats(_images(real), features, params.fd_dims) if space == "pixel" else None
+    ref = _stats(decoder.decode(real, params.batch_size, progress=True), features, params.fd_dims)
     routings, skipped = routings_for(params.routing_modes, ens.members, ens.router is not None, params.tau)
     notes += [f"Skipped routing mode {s}" for s in skipped]
     if not routings:
         raise ValueError(f"no routing mode in {params.routing_modes} applies to {len(ens.members)} expert(s) "
                          f"{'with' if ens.router is not None else 'without'} a router: {skipped}")
+    sampler = dict(router=ens.router, cfg_scale=params.cfg_scale, steps=params.steps,
+                   router_time_input=ens.router_time_input)
     variants = []
     for i, (name, routing) in enumerate(routings):
-        res = sample_ensemble(ens.members, seeds, shape, router=ens.router, routing=routing, cond=cond,
-                              cfg_scale=params.cfg_scale, steps=params.steps, router_time_input=ens.router_time_input)
-        x = res.samples.clamp(-1, 1)
-        metrics = {}
-        if ref is not None:
-            metrics[f"FD-inception-proj{params.fd_dims}"] = fd_projected(
-                inception_stats(_images(x), features, params.fd_dims), ref)
+        res = sample_in_batches(ens.members, seeds, shape, cond=cond, batch_size=params.batch_size, device=device,
+                                desc=f"sample {name}", routing=routing, **sampler)
+        x = decoder.decode(res.samples, params.batch_size, progress=True)  # [N, 3, H, W] in [-1, 1]
+        metrics = {f"FD-inception-proj{params.fd_dims}": fd_projected(_stats(x, features, params.fd_dims), ref)}
         by_prompt = {f"{k}:{p}": x[k * reps:(k + 1) * reps] for k, p in enumerate(captions)}
         for m in lpips_or_substitute(by_prompt):
             metrics[m.name] = m
@@ -136,22 +170,48 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
         log.info("evaluate %s: %s", name, {k: str(v) for k, v in metrics.items()})
         if progress is not None:
             progress(i + 1, len(routings))
-    quality = f"FD-inception-proj{params.fd_dims}" if ref is not None else "pixel-RMS diversity"
-    results = EvaluationResults("HDDM evaluation", variants, quality, "pixel-RMS diversity", seeds, notes)
+    diversity = next((k for k in variants[0].metrics if "diversity" in k), "pixel-RMS diversity")
+    results = EvaluationResults("HDDM evaluation", variants, f"FD-inception-proj{params.fd_dims}", diversity, seeds,
+                                notes)
     out = store.child(prefix)
     write_report(out, results)
     extras = _extra_pictures(store, out, params, ens)
+    extras += expert_grids(store, out, params, ens, decoder, device, shape)
     report = out.read_bytes("report.md").decode() + "\n## Clusters, router and experts\n\n" + "\n".join(extras) + "\n"
     out.write_bytes("report.md", report.encode())
     summary = {v.name: {k: (m.value if m.ok else None) for k, m in v.metrics.items()} for v in variants}
     outputs = [k[len(prefix) + 1:] for k in store.list(prefix) if not k.endswith("_manifest.json")]
     counts = {"samples_per_mode": len(prompts), "modes": [v.name for v in variants], "experts": len(ens.members),
-              "metrics": summary}
+              "latent_space": latent["space"], "metrics": summary}
     manifest = StageManifest(stage=STAGE, config=cfg, config_hash=hash_config(cfg), inputs=inputs,
                              outputs=describe_outputs(store, prefix, outputs), counts=counts)
     write_manifest(store, prefix, manifest)
     return {"prefix": prefix, "content_hash": manifest.content_hash, "key": key, "counts": counts, "reused": False,
             "metrics": summary}
+
+
+def expert_grids(store: ArtifactStore, out: ArtifactStore, params, ens, decoder, device: str, shape) -> list[str]:
+    """Each expert alone (weight 1) on its own cluster's prompts: grids/expert_<name>.png."""
+    from hddm_core.inference.routing import Routing
+    from hddm_core.pipeline.batched_sampling import sample_in_batches
+    from hddm_core.pipeline.report import image_grid
+
+    n = params.expert_grid_images
+    if n == 0:
+        return []
+    lines = []
+    for member in ens.members:
+        cluster = member.manifest.get("cluster_id")
+        captions, tokens, mask, _ = _prompts(store, params.prepare_prefix, [int(cluster or 0)], n, 1)
+        res = sample_in_batches([member], list(range(params.seed, params.seed + n)), shape,
+                                cond={"tokens": tokens, "mask": mask}, batch_size=params.batch_size, device=device,
+                                desc=f"expert {member.name}", routing=Routing.fixed([1.0]), cfg_scale=params.cfg_scale,
+                                steps=params.steps)
+        x = decoder.decode(res.samples, params.batch_size)
+        key = f"grids/expert_{re.sub(r'[^A-Za-z0-9._-]+', '-', member.name)}.png"
+        out.write_bytes(key, image_grid(x, captions, columns=min(n, 8)))
+        lines.append(f"- {member.name} alone, cluster {cluster} prompts: [samples]({key})")
+    return lines
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:

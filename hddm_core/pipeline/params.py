@@ -9,64 +9,41 @@ own them (diffusion.objectives, models.presets, inference.routing); no name is w
 """
 from __future__ import annotations
 
-import posixpath
-import re
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hddm_core.data.address_policy import check_allow_hosts
-from hddm_core.redact import has_url_credentials, mask_secrets
-from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING, OBJECTIVE_NAMES
+from hddm_core.pipeline.param_checks import (SAFE_CONFIG, check_key_name, check_prefix,  # noqa: F401 (re-exported)
+                                             refuse_credentials)
+from hddm_core.redact import mask_secrets
+from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING
 from hddm_core.inference.routing import FULL, ROUTING_NAMES, SINGLE, THRESHOLD, TOP_1, TOP_2
 from hddm_core.models.presets import PRESET_NAMES, TINY_16
+from hddm_core.pipeline.declarations import (INIT_HELP, SCHEDULE_HELP, TIME_INPUT_HELP, ExpertOverride,
+                                             Objective, Schedule, TimeInput, check_declaration, fill_time_input)
+from hddm_core.pipeline.presets import PIPELINE_PRESET_NAMES, fill_preset
+from hddm_core.training.config import INIT_SCRATCH
 
-Objective = Literal[tuple(OBJECTIVE_NAMES)]
 Architecture = Literal[tuple(reversed(PRESET_NAMES))]  # smallest first
 RoutingMode = Literal[tuple(ROUTING_NAMES)]
 Device = Literal["auto", "cpu", "cuda"]
+
+
+def resolve_device(name: str) -> str:
+    """A Device value to a torch device name: 'auto' is cuda when one is visible, else cpu."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+
+PipelinePreset = Literal[PIPELINE_PRESET_NAMES]
 Precision = Literal["fp32", "bf16"]
 
-# Untrusted input (the Prefect UI form, a JSON file) must not carry Infinity/NaN into any number, and
-# a refused value is never echoed by pydantic's message (it may be a credential).
-SAFE_CONFIG = dict(allow_inf_nan=False, hide_input_in_errors=True)
 MAX_SEED = 2**32 - 1  # numpy's seed range
-
-
-def refuse_credentials(data, where: str = ""):
-    """data unchanged, or ValueError naming the first string (at any depth) holding user:secret@ in a URL."""
-    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
-    for key, value in items:
-        path = f"{where}.{key}" if where else str(key)
-        if key == "artifact_root" and isinstance(value, str) and "@" in value:
-            raise ValueError(f"{path} '***@{value.rsplit('@', 1)[1]}' must not contain '@' (credentials come from "
-                             "the environment: AWS_ACCESS_KEY_ID, ...)")
-        if isinstance(value, str) and has_url_credentials(value):
-            raise ValueError(f"{path} {mask_secrets(value)!r} embeds credentials (user:secret@): pass them through "
-                             "the environment (AWS_ACCESS_KEY_ID, ...) instead")
-        if isinstance(value, (dict, list, tuple)):
-            refuse_credentials(value, path)
-    return data
-
-
-_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def check_key_name(value: str, what: str = "name") -> str:
-    """A single safe path segment: letters, digits, '.', '_', '-'; never '..', '/', '\\' or a scheme."""
-    if not isinstance(value, str) or not _KEY_PART.match(value) or ".." in value:
-        raise ValueError(f"{what} {value!r} is not a safe artifact name: use 1-128 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit, without '..', '/', '\\' or a scheme")
-    return value
-
-
-def check_prefix(value: str, what: str = "prefix") -> str:
-    """A relative '/'-separated key prefix made of safe segments."""
-    if not isinstance(value, str) or not value or value != posixpath.normpath(value) or value.startswith("/"):
-        raise ValueError(f"{what} {value!r} must be a relative '/'-separated path without '.', '..' or empty parts")
-    for part in value.split("/"):
-        check_key_name(part, what)
-    return value
 
 
 class StageParams(BaseModel):
@@ -250,6 +227,8 @@ class TrainingParams(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Device = "auto"
     precision: Precision = "fp32"
+    gradient_checkpointing: bool = Field(False, description="Recompute each DiT block in the backward pass instead of "
+                                                            "storing its activations (experts; for 24-48 GB GPUs).")
 
 
 class TrainExpertParams(StageParams):
@@ -257,11 +236,24 @@ class TrainExpertParams(StageParams):
     objective: Objective = Field(FLOW_MATCHING, description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
     training: TrainingParams = Field(default_factory=TrainingParams)
     caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
+    init: str = Field(INIT_SCRATCH, description=INIT_HELP)
+    schedule: Optional[Schedule] = Field(None, description=SCHEDULE_HELP)
+    time_input: Optional[TimeInput] = Field(None, description=TIME_INPUT_HELP)
     prepare_prefix: str = "prepare"
     runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
     clustering_version: Optional[str] = Field(
         None, description="The run's clustering version, declared in the expert's manifest (contributors: from "
                           "`hddmp contrib fetch`; checked at submission). Empty: the run's own, recorded by the prepare stage.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dit_time(cls, data):
+        return fill_time_input(data)
+
+    @model_validator(mode="after")
+    def _declaration(self):
+        check_declaration(self.objective, self.schedule, self.time_input, self.init)
+        return self
 
 
 class TrainRouterParams(StageParams):
@@ -304,6 +296,12 @@ class EvaluateParams(StageParams):
     fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
                                                         "small-sample Frechet distance (named FD-inception-projN).")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: Device = Field("auto", description="Where sampling, decoding and feature extraction run.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Samples per sampler call, VAE decode and feature batch.")
+    expert_grid_images: int = Field(4, ge=0, le=64, description="Images per expert alone on its own cluster's "
+                                                                "prompts, one grid each; 0 = none.")
+    vae_model: Optional[str] = Field(None, description="Decode latents with the VAE from here (a local copy); empty = "
+                                                       "the prepare manifest's latent.model.")
     experts_prefix: str = "experts/registry"
     prepare_prefix: str = "prepare"
     cluster_prefix: str = "cluster"
@@ -313,6 +311,9 @@ class EvaluateParams(StageParams):
 class PipelineParams(StageParams):
     """The end-to-end job: download -> recaption -> embed -> cluster -> prepare -> K experts -> router -> evaluate."""
 
+    preset: Optional[PipelinePreset] = Field(
+        None, description="Fill defaults from a preset (demo: the CPU demo; paper: HDDM's configuration, "
+                          "docs/paper-recipe.md); fields you set win. Empty: the plain defaults.")
     download: DownloadParams = Field(default_factory=DownloadParams)
     recaption: RecaptionParams = Field(default_factory=RecaptionParams)
     embed: EmbedParams = Field(default_factory=EmbedParams)
@@ -321,6 +322,9 @@ class PipelineParams(StageParams):
     objectives: list[Objective] = Field([DDPM_EPS, FLOW_MATCHING], min_length=1,
                                         description="Objectives assigned to clusters in turn (mixed = heterogeneous).")
     expert_training: TrainingParams = Field(default_factory=TrainingParams)
+    expert_init: str = Field(INIT_SCRATCH, description="Every expert's init unless overridden. " + INIT_HELP)
+    expert_overrides: list[ExpertOverride] = Field(
+        [], description="Per-cluster declarations (objective, init, schedule, time_input) that replace the ones above.")
     router: TrainRouterParams = Field(default_factory=TrainRouterParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     train_deployment: Optional[str] = Field(
@@ -328,32 +332,59 @@ class PipelineParams(StageParams):
                           "(e.g. train-expert/train-expert on hddm-gpu); empty = in-process.")
     register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data, info: ValidationInfo):
+        # context {"preset_applied": True}: the caller (the command line) merged the preset itself, so a
+        # value it passes is explicit even when it equals the plain default
+        if isinstance(data, dict) and data.get("preset") and not (info.context or {}).get("preset_applied"):
+            data = fill_preset(data, data["preset"], plain_pipeline_defaults())
+        return data
+
+    @classmethod
+    def from_preset(cls, preset: str, **values) -> "PipelineParams":
+        """The preset with `values` on top; a value given here always wins, even one equal to the plain
+        default (the command line's reading; a bare PipelineParams(preset=...) reads like the Prefect form)."""
+        data = fill_preset({**values, "preset": preset}, preset, plain={})
+        return cls.model_validate(data, context={"preset_applied": True})
+
+    @model_validator(mode="after")
+    def _declarations(self):
+        for i, o in enumerate(self.expert_overrides):
+            init = o.init or self.expert_init
+            objective = o.objective or self.objectives[o.cluster_id % len(self.objectives)]
+            check_declaration(objective, o.schedule, o.time_input, init, where=f"expert_overrides[{i}].")
+        return self
+
+    def override(self, cluster_id: int) -> Optional[ExpertOverride]:
+        found = [o for o in self.expert_overrides if o.cluster_id == cluster_id]
+        return found[-1] if found else None
+
     def stage(self, sub: StageParams) -> StageParams:
         """A stage's params with the pipeline's artifact_root and force applied."""
         return sub.model_copy(update={"artifact_root": self.artifact_root, "force": self.force or sub.force})
 
     def expert_params(self, cluster_id: int) -> TrainExpertParams:
+        o = self.override(cluster_id)
         return TrainExpertParams(artifact_root=self.artifact_root, force=self.force, cluster_id=cluster_id,
-                                 objective=self.objectives[cluster_id % len(self.objectives)],
-                                 training=self.expert_training, prepare_prefix=self.prepare.prefix)
+                                 objective=(o and o.objective) or self.objectives[cluster_id % len(self.objectives)],
+                                 init=(o and o.init) or self.expert_init, schedule=o and o.schedule,
+                                 time_input=o and o.time_input, training=self.expert_training,
+                                 prepare_prefix=self.prepare.prefix)
+
+
+_PLAIN: dict = {}
+
+
+def plain_pipeline_defaults() -> dict:
+    """PipelineParams() as JSON: the defaults a preset's values replace."""
+    if not _PLAIN:
+        _PLAIN.update(PipelineParams().model_dump(mode="json"))
+    return _PLAIN
 
 
 def demo_params(artifact_root: str) -> PipelineParams:
     """The one-command demo on the embedded default, sized for 2 CPU cores in well under 15 minutes."""
-    return PipelineParams(
-        artifact_root=artifact_root,
-        download=DownloadParams(embedded=EmbeddedParams(size=32, limit=256), image_size=32),
-        recaption=RecaptionParams(captioner="passthrough"),
-        embed=EmbedParams(embedder="inception-v3-fid", batch_size=32),
-        cluster=ClusterParams(n_clusters=4, balance=True),
-        prepare=PrepareParams(resolution=16, max_length=16),
-        objectives=[DDPM_EPS, FLOW_MATCHING],
-        # 1000 steps: at 200 the 16 px samples were colour noise; at 1000-1500 they show each prompt's
-        # layout and palette (measured on this CPU: ~50 s per expert with 2 threads)
-        expert_training=TrainingParams(architecture=TINY_16, steps=1000, batch_size=32, lr=2e-3, ema_decay=0.995,
-                                       checkpoint_interval=250),
-        router=TrainRouterParams(training=TrainingParams(architecture=TINY_16, steps=400, batch_size=64, lr=2e-3,
-                                                         ema_decay=0.99, checkpoint_interval=200),
-                                 eval_samples_per_bucket=32),
-        evaluate=EvaluateParams(n_prompts=6, images_per_prompt=3, reference_images=48, steps=30, cfg_scale=1.5),
-    )
+    from hddm_core.pipeline.presets import DEMO
+
+    return PipelineParams(artifact_root=artifact_root, preset=DEMO)

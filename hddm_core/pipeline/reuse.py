@@ -170,6 +170,16 @@ def reusable_key(stage: str, params: StageParams) -> Optional[str]:
 _STAGE_KEY = object()  # open_stage computes stage_key(stage, params) unless given a key
 
 
+def recorded_ref(stage: str, params: StageParams) -> Optional[StageRef]:
+    """The result a finished run of `stage` recorded for these params (its weights or outputs still as
+    recorded), else None. Only reads the store: it never runs a stage."""
+    key = stage_key(stage, params)
+    if key is None:
+        return None
+    ref = reuse(store_of(params), ref_prefix(stage, params, key), key, force=False, quiet=True)
+    return ref.model_copy(update={"reused": False}) if ref is not None else None
+
+
 @dataclass
 class OpenStage:
     """A stage about to run: its store, key and prefix, or the finished result it can reuse."""

@@ -14,12 +14,13 @@ from hddm_core.manifests import read_manifest
 from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams, RecaptionParams,
                      RegisterExpertParams, StageParams, TrainExpertParams, TrainRouterParams)
 from hddm_core.pipeline.reuse import (EMBEDDED_PREFIX, REF_NAME, Progress, StageRef, download_key, expert_run_prefix,
-                                      open_stage, ref_from_manifest, remember, reusable_key, stage_key, store_of)
+                                      open_stage, recorded_ref, ref_from_manifest, remember, reusable_key, stage_key,
+                                      store_of)
 from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageRef", "STAGES", "stage_key", "reusable_key", "remember", "expert_run_prefix", "n_clusters",
+__all__ = ["StageRef", "STAGES", "stage_key", "reusable_key", "recorded_ref", "remember", "expert_run_prefix", "n_clusters",
            "for_landed_expert", "REF_NAME", "EMBEDDED_PREFIX", "run_download", "run_recaption", "run_embed",
            "run_cluster", "run_prepare", "run_train_expert", "run_train_router", "run_register_expert",
            "run_evaluate"]
@@ -208,6 +209,7 @@ def _run_chunks(loop, total: int, chunk: int, progress: Progress):
 def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> StageRef:
     """Train (or resume from its latest checkpoint) one expert on one cluster; export it (EMA weights)."""
     from hddm_core.data.cluster_data import ClusterDataset, training_inputs_info
+    from hddm_core.pipeline.expert_init import resolve_init
     from hddm_core.training.config import ExpertTrainConfig
     from hddm_core.training.expert_trainer import build_loop, export_expert
 
@@ -218,11 +220,16 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
     info = training_inputs_info(store, params.prepare_prefix)
     dataset = ClusterDataset(store, params.prepare_prefix, params.cluster_id)
     batch = min(params.training.batch_size, len(dataset))  # a small cluster still trains (drop_last)
+    run_store = store.child(run)
+    latent, text = _latent_fields(info), dict(text_encoder=info["text"]["encoder"], text_dim=int(info["text"]["width"]))
+    init = resolve_init(params.init, run_store, objective=params.objective, architecture=params.training.architecture,
+                        text_dim=text["text_dim"], manifest_fields=dict(
+                            latent_space=latent["latent_space"], latent_scale=latent["latent_scale"],
+                            image_resolution=latent["image_resolution"], text_encoder=text["text_encoder"],
+                            data_hash=f"dit-import-for:{info['data_hash']}"))
     config = ExpertTrainConfig.from_params(
         params.training, params, device=_device(params.training.device), batch_size=batch, progress=False,
-        **_latent_fields(info), text_encoder=info["text"]["encoder"], text_dim=int(info["text"]["width"]),
-        clustering_version=params.clustering_version or info.get("clustering_version"))
-    run_store = store.child(run)
+        **latent, **text, init=init, clustering_version=params.clustering_version or info.get("clustering_version"))
     loop = build_loop(config, dataset, run_store)
     result = _run_chunks(loop, config.steps, config.checkpoint_interval, progress)
     if result.status != "completed":
@@ -233,7 +240,8 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
     ref = StageRef(stage="train-expert", uri=uri, prefix=f"{run}/expert", content_hash=manifest["weights_sha256"],
                    counts={"steps": result.step, "samples": len(dataset),
                            "final_loss": result.losses[-1] if result.losses else None},
-                   extra={"cluster_id": params.cluster_id, "objective": params.objective,
+                   extra={"cluster_id": params.cluster_id, "objective": params.objective, "init": params.init,
+                          "schedule": manifest["schedule"], "time_input": manifest["time_input"],
                           "loss_curve": run_store.uri("expert/loss_curve.png")})
     return st.remember(ref)
 

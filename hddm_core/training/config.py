@@ -167,6 +167,7 @@ class ExpertTrainConfig(LoopConfig):
     text_dim: int = 384
     caption_dropout: float = 0.1  # probability of the model's learned null caption (CFG training)
     init: str = INIT_SCRATCH  # "scratch" or a path/URI of a converted ImageNet DiT expert checkpoint
+    gradient_checkpointing: bool = False  # recompute each DiT block in backward (activation memory ~1/depth)
     clustering_version: str | None = None  # the run's clustering (hddm_core.contrib.compatibility); declared in the manifest
 
     def __post_init__(self):

@@ -134,6 +134,8 @@ def build_loop(config: ExpertTrainConfig, dataset, store: ArtifactStore | str, *
     model = (model_factory or default_model_factory)(config)
     if config.init != INIT_SCRATCH:
         load_init(model, config.init)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing = True
     objective = get_objective(config.objective, **config.objective_overrides())
     meta = {"cluster_id": config.cluster_id, "objective": objective.name,
             "declaration": {"prediction": objective.prediction, "schedule": objective.schedule,

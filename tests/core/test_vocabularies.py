@@ -1,4 +1,4 @@
-"""Each vocabulary (routing modes, objectives, architecture presets, prediction kinds) is written in ONE
+"""Each vocabulary (routing modes, objectives, architecture presets, prediction kinds, pipeline presets) is written in ONE
 source file, its table's module; everything else derives from the table. The scan reads every string
 constant of the repository's Python source (tests aside) with ast."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 from hddm_core.diffusion import objectives, predictions
 from hddm_core.inference import routing
 from hddm_core.models import presets
+from hddm_core.pipeline import presets as pipeline_presets
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCANNED = ("hddm_core", "hddm_cli", "flows", "tasks", "infra", "benchmarks", "docs")
@@ -22,6 +23,7 @@ VOCABULARIES = {
     "objectives": ("hddm_core/diffusion/objectives.py", set(objectives.OBJECTIVES)),
     "architecture presets": ("hddm_core/models/presets.py", set(presets.PRESET_NAMES)),
     "prediction kinds": ("hddm_core/diffusion/predictions.py", set(predictions.PREDICTIONS)),
+    "pipeline presets": ("hddm_core/pipeline/presets.py", set(pipeline_presets.PIPELINE_PRESET_NAMES)),
 }
 # The same word with another meaning, and where that other meaning is written (not a routing mode there).
 HOMONYMS = {
@@ -29,6 +31,8 @@ HOMONYMS = {
                 "hddm_core/checkpoints/dit_import.py"}, "AdaLN-Single, an adaln kind (presets.ADALN_KINDS)"),
     "auto": ({"hddm_core/pipeline/params.py", "hddm_core/pipeline/stages.py"}, "the 'auto' device"),
     "threshold": ({"infra/bootstrap.py"}, "a Prefect automation trigger's event count"),
+    "demo": ({"hddm_cli/main.py"}, "the `hddmp demo` command"),
+    "paper": ({"hddm_core/pipeline/study.py", "hddm_core/pipeline/report.py"}, "the paper's column of a table"),
 }
 
 

@@ -34,7 +34,7 @@ def _record(store: ArtifactStore, params: TrainExpertParams, sha: str = "ab" * 3
     store.write_json(f"{run}/expert/expert.json", {"weights_sha256": sha})
     ref = stages.StageRef(stage="train-expert", uri=store.uri(f"{run}/expert"), prefix=f"{run}/expert",
                           content_hash=sha, extra={"cluster_id": params.cluster_id, "objective": params.objective})
-    return stages._remember(store, run, key, ref)
+    return stages.remember(store, run, key, ref)
 
 
 def test_recorded_expert_reads_back_what_the_run_recorded(tmp_path, never_train):

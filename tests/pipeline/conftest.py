@@ -1,0 +1,1 @@
+from tests.inference.conftest import mixed_members, mixture  # noqa: F401 (fixtures: exact Gaussian-mixture experts)
