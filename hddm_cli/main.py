@@ -43,7 +43,7 @@ def _demo_core(args: argparse.Namespace) -> int:
 
 
 def _expert_inspect(args: argparse.Namespace) -> int:
-    from hddm_core.checkpoints.experts import inspect_checkpoint
+    from hddm_core.checkpoints import inspect_checkpoint
 
     report = inspect_checkpoint(args.path)
     print(report)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hddm_core.checkpoints.experts import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
-                      velocity_expert_from_loaded)
+from hddm_core.checkpoints import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
+                                   velocity_expert_from_loaded)
 
 CLUSTERING_VERSION_PREFIX = "centroids-sha256:"
 
@@ -141,7 +141,7 @@ def expert_checks(location, expected: RunExpectations | None = None, *,
                   cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
     """(every check the pipeline runs on a contributed expert, its manifest or None).
 
-    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.checkpoints.experts), the
+    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.checkpoints), the
     register-expert stage's smoke forward (hddm_core.contrib.registration), the velocity field on the sampler's
     path at low/mid/high noise (what the ensemble will call), and, when the run's expectations are given, compatibility with the run. Raises
     only for pickle files (PickleRefused, nothing unpickled) and missing files."""

@@ -1,6 +1,6 @@
 """Registering a contributed expert: validate the untrusted checkpoint, then store it under the
 experts prefix. Only safetensors + the JSON manifest are read (never unpickled); every check of
-hddm_core.checkpoints.experts (schema, shapes, sha256, finite values) must pass, then a smoke forward pass of the
+hddm_core.checkpoints (schema, shapes, sha256, finite values) must pass, then a smoke forward pass of the
 loaded network on random inputs must return finite values of the input's shape. The stored copy is
 weights first, manifest last, so readers see the new pair whole or not at all.
 """
@@ -11,7 +11,7 @@ import posixpath
 
 import torch
 
-from hddm_core.checkpoints.experts import load_expert, validate_expert
+from hddm_core.checkpoints import load_expert, validate_expert
 from hddm_core.pipeline.params import check_key_name, check_prefix
 from hddm_core.storage import ArtifactStore
 from hddm_core.diffusion.time_inputs import network_time

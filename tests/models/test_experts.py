@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from hddm_cli.main import main as cli_main
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.checkpoints.experts import (CheckpointError, PickleRefused, inspect_expert, load_expert, load_router, save_expert,
-                               save_router, validate_expert, velocity_expert_from_loaded)
+from hddm_core.checkpoints import (CheckpointError, PickleRefused, inspect_expert, load_expert, load_router,
+                                   save_expert, save_router, validate_expert, velocity_expert_from_loaded)
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
 from hddm_core.storage import ArtifactStore
 

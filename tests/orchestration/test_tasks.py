@@ -11,7 +11,7 @@ from tasks import common
 
 
 def _tiny_expert(folder, objective="flow-matching", cluster_id=1):
-    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.checkpoints import save_expert
     from hddm_core.models.dit import build_expert_model
     from hddm_core.models.presets import expert_config
 
@@ -54,7 +54,7 @@ def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, eve
 
 
 def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events):
-    from hddm_core.checkpoints.experts import PickleRefused
+    from hddm_core.checkpoints import PickleRefused
     from tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")
