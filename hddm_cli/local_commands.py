@@ -39,7 +39,7 @@ class SampleParams(BaseModel):
 def _sample(args) -> int:
     import torch
 
-    from hddm_core.contrib.contributor import build_text_encoder
+    from hddm_core.data.factories import build_text_encoder
     from hddm_core.data.cluster_data import training_inputs_info
     from hddm_core.pipeline.evaluation import _expert_folders, _routings
     from hddm_core.inference.ensemble_sampler import sample_ensemble
@@ -55,7 +55,7 @@ def _sample(args) -> int:
         raise ValueError(f"hddmp sample writes pixel-space experts only; these experts use latent_space {space!r} "
                          "(use `hddmp evaluate`, whose report decodes nothing either, or decode with the run's VAE)")
     info = training_inputs_info(store, p.prepare_prefix)
-    encoder = build_text_encoder(info["text"], device="cpu")
+    encoder = build_text_encoder(info["text"], device="cpu", check_recorded=True)
     prompts = [c for c in p.prompts for _ in range(p.images_per_prompt)]
     tokens, mask = encoder.encode(prompts)
     cfg = ens.members[0].manifest["config"]
