@@ -4,7 +4,7 @@ from __future__ import annotations
 import posixpath
 from typing import Callable
 
-from hddm_core.contrib.compatibility import Vetting, vet_expert
+from hddm_core.contrib.compatibility import RunExpectations, expert_checks, vet_expert
 from hddm_core.contrib.published_run import expectations, read_card
 from hddm_core.storage import ArtifactStore
 
@@ -17,16 +17,11 @@ class ContributionRefused(ValueError):
         self.checks = list(checks or [])
 
 
-def _vet(expert_location: str, clustering_dir: str | None, cluster_id: int | None, keep_bytes: bool = False) -> Vetting:
-    expected = expectations(clustering_dir) if clustering_dir else None
-    return vet_expert(expert_location, expected, cluster_id=cluster_id, keep_bytes=keep_bytes)
-
-
 def check_contribution(expert_location: str, clustering_dir: str | None = None, *,
                        cluster_id: int | None = None):
     """(checks, manifest): the pipeline's checks, plus compatibility when a fetched clustering is given."""
-    vetting = _vet(expert_location, clustering_dir, cluster_id)
-    return vetting.checks, (vetting.loaded.manifest if vetting.loaded is not None else None)
+    expected = expectations(clustering_dir) if clustering_dir else None
+    return expert_checks(expert_location, expected, cluster_id=cluster_id)
 
 
 def refusal_message(checks) -> str:
@@ -55,7 +50,8 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
 
     check_key_name(name, "expert name")
     card = read_card(clustering_dir)
-    vetting = _vet(expert_location, clustering_dir, cluster_id, keep_bytes=store_fn is None)
+    vetting = vet_expert(expert_location, RunExpectations.from_card(card), cluster_id=cluster_id,
+                         keep_bytes=store_fn is None)  # the bytes checked are the bytes registered
     checks = vetting.checks
     if not vetting.ok:
         raise ContributionRefused(refusal_message(checks), checks)

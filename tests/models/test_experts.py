@@ -213,6 +213,28 @@ def test_schema_errors_are_named(saved, change, match):
         load_expert(uri)
 
 
+def test_the_json_schema_is_read_from_the_manifest_dataclasses(saved):
+    """Field types and which fields may be left out come from ExpertManifest itself (written once)."""
+    import dataclasses
+
+    from hddm_core.checkpoints import ExpertManifest
+    from hddm_core.checkpoints.manifest import field_spec
+
+    spec = field_spec(ExpertManifest)
+    assert list(spec) == [f.name for f in dataclasses.fields(ExpertManifest)]
+    assert {k for k, (_, required) in spec.items() if not required} == {"clustering_version", "extra", "cluster_id"}
+    assert spec["latent_scale"][0] == (int, float) and spec["cluster_id"][0] == (int, type(None))
+    uri, _ = saved
+    raw = _edit_manifest(uri, latent_scale=1)  # a JSON integer where a float is declared
+    for k in ("clustering_version", "extra", "cluster_id"):
+        del raw[k]
+    json.dump(raw, open(_manifest_path(uri), "w"))
+    m = load_expert(uri).manifest
+    assert (m.latent_scale, m.clustering_version, m.extra, m.cluster_id) == (1, None, {}, None)
+    _edit_manifest(uri, latent_scale="1.0")
+    assert "field 'latent_scale' must be int/float" in str(validate_expert(uri))
+
+
 def test_missing_field_and_not_json(saved):
     uri, _ = saved
     raw = json.load(open(_manifest_path(uri)))
