@@ -80,10 +80,10 @@ def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name
         return result
     previous = dest.read_json(MANIFEST).get("weights_file") if dest.exists(MANIFEST) else None
     dest.write_bytes(manifest.weights_file, files.weights)  # weights first: the bytes validated
-    dest.write_bytes(MANIFEST, files.manifest)  # manifest last
     landed = dest.size(manifest.weights_file)  # the bytes were validated; only a short write is left to catch
     if landed != len(files.weights):
         raise RuntimeError(f"stored copy at {dest.root} has {landed} weight bytes, {len(files.weights)} were written")
+    dest.write_bytes(MANIFEST, files.manifest)  # manifest last: now the new pair is visible
     if previous and previous != manifest.weights_file and "/" not in previous:
         dest.delete(previous)
     log.info("registered expert %s (cluster %s, %s) at %s", name, manifest.cluster_id, manifest.objective, dest.root)
