@@ -32,7 +32,7 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 
 def _fetch(args) -> int:
-    from hddm_core.contrib.contributor import RunLayout, fetch_clustering
+    from hddm_core.contrib import RunLayout, fetch_clustering
 
     layout = RunLayout(embed=args.embed_prefix, cluster=args.cluster_prefix, prepare=args.prepare_prefix,
                        experts=args.experts_prefix)
@@ -49,7 +49,7 @@ def _fetch(args) -> int:
 
 
 def _assign(args) -> int:
-    from hddm_core.contrib.contributor import assign_contribution
+    from hddm_core.contrib import assign_contribution
 
     given = [(k, v) for k, v in (("images", args.images), ("shard", args.shard), ("download", args.download)) if v]
     if len(given) != 1:
@@ -66,7 +66,7 @@ def _assign(args) -> int:
 
 
 def _prepare(args) -> int:
-    from hddm_core.contrib.contributor import prepare_contribution
+    from hddm_core.contrib import prepare_contribution
 
     out = prepare_contribution(args.work, device=args.device, vae_path=args.vae_path,
                                text_encoder_path=args.text_encoder_path, batch_size=args.batch_size, force=args.force)
@@ -79,7 +79,7 @@ def _prepare(args) -> int:
 
 def _resolve(args) -> tuple[str, str | None]:
     """(expert location, clustering folder) from PATH / --work / --clustering."""
-    from hddm_core.contrib.contributor import trained_expert
+    from hddm_core.contrib import trained_expert
 
     path, clustering = args.path, args.clustering
     if args.work:
@@ -93,7 +93,7 @@ def _resolve(args) -> tuple[str, str | None]:
 
 def validate_command(args) -> int:
     """`hddmp expert validate`: the pipeline's checks (+ compatibility with a fetched run)."""
-    from hddm_core.contrib.contributor import check_contribution, refusal_message
+    from hddm_core.contrib import check_contribution, refusal_message
 
     from .output import print_checks
 
@@ -108,7 +108,7 @@ def validate_command(args) -> int:
 
 def submit_command(args) -> int:
     """`hddmp expert submit`: checks, store under the run's experts prefix, announce the landing."""
-    from hddm_core.contrib.contributor import read_card, submit_expert
+    from hddm_core.contrib import read_card, submit_expert
 
     from .events import announce_landing
 

@@ -25,7 +25,7 @@ def announce(*, expert_uri: str, weights_sha256: str, prefix: str, cluster_id: O
 
 
 def announce_landing(result: dict, *, run_url: str, experts_prefix: str) -> str:
-    """For `hddmp expert submit` (result: hddm_core.contrib.contributor.submit_expert's)."""
+    """For `hddmp expert submit` (result: hddm_core.contrib.submit_expert's)."""
     return announce(expert_uri=result["uri"], weights_sha256=result["weights_sha256"], prefix=result["key"],
                     cluster_id=result["cluster_id"], objective=result["objective"],
                     evaluate_hint=f"The run's operator can evaluate it with `hddmp evaluate --artifact-root {run_url} "

@@ -42,7 +42,7 @@ class SampleParams(BaseModel):
 
 
 def _sample(args) -> int:
-    from hddm_core.contrib.contributor import build_text_encoder
+    from hddm_core.data.factories import build_text_encoder
     from hddm_core.data.cluster_data import training_inputs_info
     from hddm_core.pipeline.batched_sampling import sample_in_batches
     from hddm_core.pipeline.evaluation import decoder_for_run, expert_folders, routings_for
@@ -58,7 +58,7 @@ def _sample(args) -> int:
     ens = load_ensemble(expert_folders(store, p), p.router, device=device)
     info = training_inputs_info(store, p.prepare_prefix)
     decoder = decoder_for_run(read_manifest(store, p.prepare_prefix), p, ens.members, device)
-    encoder = build_text_encoder(info["text"], device="cpu")
+    encoder = build_text_encoder(info["text"], device="cpu", check_recorded=True)
     prompts = [c for c in p.prompts for _ in range(p.images_per_prompt)]
     tokens, mask = encoder.encode(prompts)
     cfg = ens.members[0].manifest["config"]

@@ -39,7 +39,7 @@ def _demo_core(args: argparse.Namespace) -> int:
 
 
 def _expert_inspect(args: argparse.Namespace) -> int:
-    from hddm_core.checkpoints.experts import inspect_checkpoint
+    from hddm_core.checkpoints import inspect_checkpoint
 
     report = inspect_checkpoint(args.path)
     print(report)
@@ -49,7 +49,7 @@ def _expert_inspect(args: argparse.Namespace) -> int:
 def _expert_train(args: argparse.Namespace) -> int:
     """expert train; in a contribution work folder the run's clustering version is declared and the
     trained expert is recorded for `expert validate/submit --work`."""
-    from hddm_core.contrib import contributor
+    from hddm_core import contrib as contributor
 
     from .stage_commands import build_params, run_stage, TRAIN_EXPERT
     from .output import print_ref

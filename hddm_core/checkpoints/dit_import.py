@@ -302,7 +302,7 @@ def import_dit_expert(source_path: str, store_or_dir, key_prefix: str, *, object
     The manifest declares time_input='discrete-999' (the network reads round(999 t), as DiT did)
     whatever the objective; keep_eps_head is only allowed for eps-predicting objectives.
     """
-    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.checkpoints.io import save_expert
     from hddm_core.manifests import sha256_bytes
     from hddm_core.diffusion.objectives import get_objective
     from hddm_core.diffusion.predictions import EPS

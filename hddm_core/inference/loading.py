@@ -1,8 +1,8 @@
-"""Ensembles from self-describing checkpoints (hddm_core.checkpoints.experts): experts, router, compatibility.
+"""Ensembles from self-describing checkpoints (hddm_core.checkpoints): experts, router, compatibility.
 
 Experts are read lazily: the manifest (JSON) is read up front so the ensemble can be checked and
 ordered, and the weights are validated (hash, shapes, finiteness; never unpickled) and loaded by
-hddm_core.checkpoints.experts.load_expert the first time the sampler selects the expert.
+hddm_core.checkpoints.load_expert the first time the sampler selects the expert.
 
 Compatibility: every expert (and the router) must share latent_space and latent_scale, and every
 expert must share text_encoder and text_dim; otherwise a ValueError names the field and each
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from hddm_core.checkpoints.experts import ExpertManifest, RouterManifest, load_expert, load_router
+from hddm_core.checkpoints import ExpertManifest, RouterManifest, load_expert, load_router
 from hddm_core.storage import ArtifactStore
 from hddm_core.inference.pool import EnsembleExpertHandle
 

@@ -21,7 +21,7 @@ COMPAT_FIELDS = ("latent_space", "text_encoder")
 class EnsembleExpertHandle:
     """One expert as the ensemble holds it: name, declaration, and a network or a lazy loader for one.
 
-    Not the checkpoint (hddm_core.checkpoints.experts) and not a velocity field
+    Not the checkpoint (hddm_core.checkpoints) and not a velocity field
     (hddm_core.diffusion.conversion.ExpertVelocityField): the ensemble sampler converts the handle's
     network to velocity itself, with the ensemble's sampler path and safeguards.
 

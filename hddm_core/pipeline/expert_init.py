@@ -31,7 +31,7 @@ def convert_dit_init(path: str, run_store: ArtifactStore, *, objective: str, arc
                      manifest_fields: dict) -> str:
     """Convert the DiT checkpoint at local `path` into run_store/init (reused when already converted)."""
     from hddm_core.checkpoints.dit_import import DIT_TIME_INPUT, convert_dit_checkpoint
-    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.checkpoints import save_expert
     from hddm_core.diffusion.objectives import get_objective
     from hddm_core.diffusion.predictions import EPS
     from hddm_core.models.presets import expert_config

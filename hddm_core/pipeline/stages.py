@@ -105,7 +105,8 @@ def _count(store: ArtifactStore, download_prefix: str) -> Optional[int]:
 
 def run_embed(params: EmbedParams, executor=None) -> StageRef:
     """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
-    from hddm_core.data.embed import Dinov2Embedder, EmbedConfig, InceptionFidEmbedder, embed
+    from hddm_core.data.embed import EmbedConfig, embed
+    from hddm_core.data.factories import build_embedder
 
     st = open_stage("embed", params)
     if st.reused:
@@ -117,8 +118,8 @@ def run_embed(params: EmbedParams, executor=None) -> StageRef:
         manifest = embed_as_units(store, params, _device(params.device), executor)
         return st.remember(ref_from_manifest(store, "embed", params.prefix, manifest, embedder=manifest.counts["model"]))
     device = _device(params.device)
-    embedder = (InceptionFidEmbedder(device=device) if params.embedder == "inception-v3-fid"
-                else Dinov2Embedder.from_pretrained(params.dinov2_model, device=device))
+    embedder = build_embedder({"backend": "inception"} if params.embedder == "inception-v3-fid"
+                              else {"backend": "dinov2", "model": params.dinov2_model}, device=device)
     manifest = embed(store, params.prefix, embedder, source_prefix=params.download_prefix,
                      config=EmbedConfig(batch_size=params.batch_size), force=params.force,
                      total=_count(store, params.download_prefix))
@@ -152,9 +153,8 @@ def run_cluster(params: ClusterParams, executor=None) -> StageRef:
 
 def run_prepare(params: PrepareParams, executor=None) -> StageRef:
     """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
-    from hddm_core.data.latents import PixelSpace, SDVaeLatents
+    from hddm_core.data.factories import MINILM, build_latent_space, build_text_encoder
     from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
-    from hddm_core.data.text_encoders import ClipTextEncoder, MiniLMTextEncoder
 
     st = open_stage("prepare", params)
     if st.reused:
@@ -166,10 +166,10 @@ def run_prepare(params: PrepareParams, executor=None) -> StageRef:
 
         manifest = prepare_as_units(store, params, device, executor)
         return st.remember(ref_from_manifest(store, "prepare", params.prefix, manifest))
-    latent = (PixelSpace(params.resolution) if params.latent_space == "pixel"
-              else SDVaeLatents.from_pretrained(params.vae_model, resolution=params.resolution, device=device))
-    text = (MiniLMTextEncoder(max_length=params.max_length, device=device) if params.text_encoder == "minilm"
-            else ClipTextEncoder.from_pretrained(params.clip_model, max_length=params.max_length, device=device))
+    latent = build_latent_space({"space": params.latent_space, "resolution": params.resolution,
+                                 "model": params.vae_model}, device=device)
+    text = build_text_encoder({"encoder": MINILM if params.text_encoder == "minilm" else params.clip_model,
+                               "max_length": params.max_length}, device=device)
     manifest = prepare_training_inputs(
         store, params.prefix, params.cluster_prefix, latent, text, source_prefix=params.download_prefix,
         captions_prefix=params.recaption_prefix if params.use_recaption else None,

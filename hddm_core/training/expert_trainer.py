@@ -5,7 +5,7 @@
 The dataset yields (latent [C, H, W], text tokens [L, D], mask [L]) for its own cluster only;
 nothing else is read and nothing is communicated. The run folder (any ArtifactStore URL) holds
 checkpoints/ (full resumable state, see checkpointing.py) and, once finished, expert/ (the
-self-describing expert with EMA weights, via hddm_core.checkpoints.experts). Calling train_expert again on
+self-describing expert with EMA weights, via hddm_core.checkpoints). Calling train_expert again on
 the same folder resumes from the latest complete checkpoint; a finished run returns at once.
 """
 from __future__ import annotations
@@ -101,8 +101,8 @@ def check_dataset(config: ExpertTrainConfig, dataset) -> None:
 
 
 def load_init(model: nn.Module, init: str) -> None:
-    """Initialise from a converted ImageNet DiT expert (safetensors + manifest, hddm_core.checkpoints.experts)."""
-    from hddm_core.checkpoints.experts import load_expert
+    """Initialise from a converted ImageNet DiT expert (safetensors + manifest, hddm_core.checkpoints)."""
+    from hddm_core.checkpoints import load_expert
 
     loaded = load_expert(init)  # validated: schema, shapes, hash, finiteness; never unpickled
     state = loaded.model.state_dict()
@@ -169,8 +169,8 @@ def ema_model(loop: TrainingLoop) -> nn.Module:
 
 
 def export_expert(loop: TrainingLoop, config: ExpertTrainConfig, store: ArtifactStore, *, data_hash: str = "") -> str:
-    """EMA weights as a self-describing expert under <run>/expert (hddm_core.checkpoints.experts.save_expert)."""
-    from hddm_core.checkpoints.experts import save_expert
+    """EMA weights as a self-describing expert under <run>/expert (hddm_core.checkpoints.save_expert)."""
+    from hddm_core.checkpoints import save_expert
 
     fields = {
         "objective": config.objective, **config.objective_overrides(),

@@ -3,7 +3,7 @@
 Each step: sample t, noise the clean latent on the sampler's path (linear: x_t = (1 - t) x0 + t eps),
 and minimise the cross-entropy against the sample's cluster label. The same resumable,
 deterministic loop as the experts (loop.py). When done: the EMA router is saved self-describing
-(hddm_core.checkpoints.experts.save_router) with its evaluation (accuracy / ECE / NLL per t bucket,
+(hddm_core.checkpoints.save_router) with its evaluation (accuracy / ECE / NLL per t bucket,
 confusion matrices) as JSON and a picture beside it.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def train_router(config: RouterTrainConfig, dataset, store: ArtifactStore | str,
 
 def save_router_artifacts(loop: TrainingLoop, router: nn.Module, config: RouterTrainConfig, store: ArtifactStore,
                           report: dict, data_hash: str) -> str:
-    from hddm_core.checkpoints.experts import save_router
+    from hddm_core.checkpoints import save_router
 
     summary = {f"acc_t{r['t_lo']:.1f}-{r['t_hi']:.1f}": round(r["accuracy"], 4) for r in report["buckets"]}
     fields = {"latent_space": config.latent_space, "latent_scale": float(config.latent_scale),

@@ -1,8 +1,8 @@
-"""Ensembles from real self-describing checkpoints (tiny DiT experts and router, hddm_core.checkpoints.experts)."""
+"""Ensembles from real self-describing checkpoints (tiny DiT experts and router, hddm_core.checkpoints)."""
 import pytest
 import torch
 
-from hddm_core.checkpoints.experts import save_expert, save_router
+from hddm_core.checkpoints import save_expert, save_router
 from hddm_core.inference import Routing, sample_ensemble
 from hddm_core.inference.loading import load_ensemble
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config

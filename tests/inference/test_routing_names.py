@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hddm_core.inference.routing import (ROUTING_NAMES, Routing, RoutingUnavailable, resolve_name, routing_label)
-from hddm_core.pipeline.evaluation import _routings
+from hddm_core.pipeline.evaluation import routings_for
 
 HETERO = ["eps", "velocity", "velocity"]
 
@@ -71,7 +71,7 @@ class _Member:
 
 def test_evaluation_keeps_applicable_modes_and_lists_the_others():
     members = [_Member("velocity"), _Member("velocity")]
-    out, skipped = _routings(list(ROUTING_NAMES), members, has_router=False, tau=0.3)
+    out, skipped = routings_for(list(ROUTING_NAMES), members, has_router=False, tau=0.3)
     assert [(label, r.mode) for label, r in out] == [("uniform mix", "fixed")]
     assert skipped == ["top-1: needs a router", "top-2: needs a router", "full: needs a router",
                        "threshold: needs both DDPM and FM experts"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hddm_core.checkpoints.dit_import import (convert_dit_checkpoint, convert_dit_state_dict, import_dit_expert,
-                                  inspect_dit_state_dict, load_dit_state_dict)
-from hddm_core.checkpoints.experts import load_expert, velocity_expert_from_loaded
+from hddm_core.checkpoints import (convert_dit_checkpoint, convert_dit_state_dict, import_dit_expert,
+                                   inspect_dit_state_dict, load_dit_state_dict, load_expert,
+                                   velocity_expert_from_loaded)
 from hddm_core.models import build_expert_model
 from hddm_core.diffusion.objectives import get_objective
 

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 
 from hddm_cli.main import main as cli_main
 from hddm_core.diffusion.conversion import ExpertDeclaration
-from hddm_core.checkpoints.experts import (CheckpointError, PickleRefused, inspect_expert, load_expert, load_router, save_expert,
-                               save_router, validate_expert, velocity_expert_from_loaded)
+from hddm_core.checkpoints import (CheckpointError, PickleRefused, inspect_expert, load_expert, load_router,
+                                   save_expert, save_router, validate_expert, velocity_expert_from_loaded)
 from hddm_core.models import build_expert_model, build_router, expert_config, router_config
 from hddm_core.storage import ArtifactStore
 
@@ -211,6 +211,28 @@ def test_schema_errors_are_named(saved, change, match):
     assert _failed(checks) == {"schema"} and match in str(checks)
     with pytest.raises(CheckpointError, match="schema"):
         load_expert(uri)
+
+
+def test_the_json_schema_is_read_from_the_manifest_dataclasses(saved):
+    """Field types and which fields may be left out come from ExpertManifest itself (written once)."""
+    import dataclasses
+
+    from hddm_core.checkpoints import ExpertManifest
+    from hddm_core.checkpoints.manifest import field_spec
+
+    spec = field_spec(ExpertManifest)
+    assert list(spec) == [f.name for f in dataclasses.fields(ExpertManifest)]
+    assert {k for k, (_, required) in spec.items() if not required} == {"clustering_version", "extra", "cluster_id"}
+    assert spec["latent_scale"][0] == (int, float) and spec["cluster_id"][0] == (int, type(None))
+    uri, _ = saved
+    raw = _edit_manifest(uri, latent_scale=1)  # a JSON integer where a float is declared
+    for k in ("clustering_version", "extra", "cluster_id"):
+        del raw[k]
+    json.dump(raw, open(_manifest_path(uri), "w"))
+    m = load_expert(uri).manifest
+    assert (m.latent_scale, m.clustering_version, m.extra, m.cluster_id) == (1, None, {}, None)
+    _edit_manifest(uri, latent_scale="1.0")
+    assert "field 'latent_scale' must be int/float" in str(validate_expert(uri))
 
 
 def test_missing_field_and_not_json(saved):

@@ -41,7 +41,7 @@ def tiny_expert(folder, objective="flow-matching", cluster_id=1) -> str:
     """A saved tiny-16 expert (safetensors + manifest) in `folder`; returns its path."""
     import torch
 
-    from hddm_core.checkpoints.experts import save_expert
+    from hddm_core.checkpoints import save_expert
     from hddm_core.models.dit import build_expert_model
     from hddm_core.models.presets import expert_config
 

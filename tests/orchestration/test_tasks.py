@@ -43,7 +43,7 @@ def test_register_validates_stores_and_emits_a_deterministic_event(tmp_path, eve
 
 @pytest.mark.slow
 def test_register_rejects_corrupted_and_pickled_weights(tmp_path, events, prefect_harness):
-    from hddm_core.checkpoints.experts import PickleRefused
+    from hddm_core.checkpoints import PickleRefused
     from hddm_tasks.experts import register_expert
 
     src = _tiny_expert(tmp_path / "contrib")

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from hddm_core.checkpoints.experts import save_expert
+from hddm_core.checkpoints import save_expert
 from hddm_core.models import build_expert_model, expert_config
 from hddm_core.training.config import ExpertTrainConfig
 from hddm_core.training.expert_trainer import build_loop

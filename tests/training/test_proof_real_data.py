@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from hddm_core.checkpoints.experts import load_expert, load_router, velocity_expert_from_loaded
+from hddm_core.checkpoints import load_expert, load_router, velocity_expert_from_loaded
 from hddm_core.diffusion.sampling import euler_sample, per_sample_noise, time_grid
 from hddm_core.training.config import ExpertTrainConfig, RouterTrainConfig
 from hddm_core.training.expert_trainer import train_expert

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hddm_core.checkpoints.experts import load_router
+from hddm_core.checkpoints import load_router
 from hddm_core.training.config import RouterTrainConfig
 from hddm_core.training.router_eval import evaluate_router, expected_calibration_error
 from hddm_core.training.router_trainer import build_router_loop, train_router
