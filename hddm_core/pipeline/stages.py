@@ -12,7 +12,8 @@ from typing import Optional
 from hddm_core.inference.routing import SINGLE
 from hddm_core.manifests import read_manifest
 from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams, RecaptionParams,
-                     RegisterExpertParams, StageParams, TrainExpertParams, TrainRouterParams)
+                     RegisterExpertParams, StageParams, TrainExpertParams, TrainRouterParams,
+                                       resolve_device)
 from hddm_core.pipeline.reuse import (EMBEDDED_PREFIX, REF_NAME, Progress, StageRef, download_key, expert_run_prefix,
                                       open_stage, recorded_ref, ref_from_manifest, remember, reusable_key, stage_key,
                                       store_of)
@@ -24,14 +25,6 @@ __all__ = ["StageRef", "STAGES", "stage_key", "reusable_key", "recorded_ref", "r
            "for_landed_expert", "REF_NAME", "EMBEDDED_PREFIX", "run_download", "run_recaption", "run_embed",
            "run_cluster", "run_prepare", "run_train_expert", "run_train_router", "run_register_expert",
            "run_evaluate"]
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # -- data stages ------------------------------------------------------------------------------------
@@ -85,12 +78,12 @@ def run_recaption(params: RecaptionParams, executor=None) -> StageRef:
     if executor is not None or params.workers > 1:
         from hddm_core.data.map_stages import recaption_as_units
 
-        manifest = recaption_as_units(store, params, _device(params.device), executor)
+        manifest = recaption_as_units(store, params, resolve_device(params.device), executor)
         return st.remember(ref_from_manifest(store, "recaption", params.prefix, manifest, captioner=params.captioner))
     if params.captioner == "passthrough":
         captioner = PassthroughCaptioner()
     else:
-        captioner = LlavaCaptioner.from_pretrained(params.llava_model, device=_device(params.device),
+        captioner = LlavaCaptioner.from_pretrained(params.llava_model, device=resolve_device(params.device),
                                                    max_new_tokens=params.max_new_tokens)
     manifest = recaption(store, params.prefix, captioner, source_prefix=params.download_prefix,
                          config=RecaptionConfig(batch_size=params.batch_size), force=params.force,
@@ -115,9 +108,9 @@ def run_embed(params: EmbedParams, executor=None) -> StageRef:
     if executor is not None or params.workers > 1:
         from hddm_core.data.map_stages import embed_as_units
 
-        manifest = embed_as_units(store, params, _device(params.device), executor)
+        manifest = embed_as_units(store, params, resolve_device(params.device), executor)
         return st.remember(ref_from_manifest(store, "embed", params.prefix, manifest, embedder=manifest.counts["model"]))
-    device = _device(params.device)
+    device = resolve_device(params.device)
     embedder = build_embedder({"backend": "inception"} if params.embedder == "inception-v3-fid"
                               else {"backend": "dinov2", "model": params.dinov2_model}, device=device)
     manifest = embed(store, params.prefix, embedder, source_prefix=params.download_prefix,
@@ -160,7 +153,7 @@ def run_prepare(params: PrepareParams, executor=None) -> StageRef:
     if st.reused:
         return st.reused
     store = st.store
-    device = _device(params.device)
+    device = resolve_device(params.device)
     if executor is not None or params.workers > 1:
         from hddm_core.data.map_stages import prepare_as_units
 
@@ -228,7 +221,7 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
                             image_resolution=latent["image_resolution"], text_encoder=text["text_encoder"],
                             data_hash=f"dit-import-for:{info['data_hash']}"))
     config = ExpertTrainConfig.from_params(
-        params.training, params, device=_device(params.training.device), batch_size=batch, progress=False,
+        params.training, params, device=resolve_device(params.training.device), batch_size=batch, progress=False,
         **latent, **text, init=init, clustering_version=params.clustering_version or info.get("clustering_version"))
     loop = build_loop(config, dataset, run_store)
     result = _run_chunks(loop, config.steps, config.checkpoint_interval, progress)
@@ -258,7 +251,7 @@ def run_train_router(params: TrainRouterParams, progress: Progress = None) -> St
     info = training_inputs_info(store, params.prepare_prefix)
     dataset = RouterDataset(store, params.prepare_prefix)
     batch = min(params.training.batch_size, len(dataset))
-    config = RouterTrainConfig.from_params(params.training, params, device=_device(params.training.device),
+    config = RouterTrainConfig.from_params(params.training, params, device=resolve_device(params.training.device),
                                            batch_size=batch, progress=False, **_latent_fields(info),
                                            num_clusters=int(info["n_clusters"]))
     run_store = store.child(run)
