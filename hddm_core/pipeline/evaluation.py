@@ -4,8 +4,9 @@ router and training pictures.
 
 Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
 prepare stage. Quality: Frechet distance of Inception-v3 features projected to `fd_dims` (a named
-small-sample variant, never called FID) against real images of the same clusters; diversity:
-pixel-RMS within each prompt's images (LPIPS is reported as unavailable when its weights are absent).
+small-sample variant, never called FID) against real images of the same clusters; diversity and text
+alignment: hddm_core.metrics.sample_metrics (LPIPS within each prompt's images beside pixel-RMS, CLIP
+score; each reported as unavailable, with the reason, when its weights are absent).
 Output prefix: <evaluations_prefix>/<key[:16]>, key = hash(expert weights, router weights, data, config):
 a second call for the same experts returns the existing manifest without sampling.
 """
@@ -87,7 +88,7 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     from hddm_core.inference.ensemble_sampler import sample_ensemble
     from hddm_core.inference.loading import load_ensemble
     from hddm_core.metrics.fid import InceptionFeatures, fd_projected, inception_stats
-    from hddm_core.metrics.lpips_diversity import lpips_or_substitute
+    from hddm_core.metrics.sample_metrics import SampleMetrics
     from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
 
     folders = _expert_folders(store, params)
@@ -118,6 +119,7 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     shape = tuple(real.shape[1:])
     space = ens.members[0].manifest.get("latent_space")
     features = InceptionFeatures()
+    sample_metrics = SampleMetrics()  # LPIPS + CLIP models loaded once ($HDDM_LPIPS_WEIGHTS, $HDDM_CLIP_*)
     notes = [f"Scale: {len(ens.members)} tiny experts, {len(prompts)} samples per routing mode "
              f"({params.n_prompts} prompts x {reps} seeds), {params.steps} Euler steps, CFG {params.cfg_scale:g}; "
              "numbers compare routing modes of this run only, never the paper's (DiT-XL/2 on LAION).",
@@ -139,14 +141,13 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
             metrics[f"FD-inception-proj{params.fd_dims}"] = fd_projected(
                 inception_stats(_images(x), features, params.fd_dims), ref)
         by_prompt = {f"{k}:{p}": x[k * reps:(k + 1) * reps] for k, p in enumerate(captions)}
-        for m in lpips_or_substitute(by_prompt):
-            metrics[m.name] = m
+        metrics.update(sample_metrics(by_prompt, x, prompts))
         variants.append(VariantResult(name, "routing", metrics, res, x, prompts, params=routing.to_dict()))
         log.info("evaluate %s: %s", name, {k: str(v) for k, v in metrics.items()})
         if progress is not None:
             progress(i + 1, len(routings))
     quality = f"FD-inception-proj{params.fd_dims}" if ref is not None else "pixel-RMS diversity"
-    results = EvaluationResults("HDDM evaluation", variants, quality, "pixel-RMS diversity", seeds, notes)
+    results = EvaluationResults("HDDM evaluation", variants, quality, sample_metrics.diversity, seeds, notes)
     out = store.child(prefix)
     write_report(out, results)
     extras = _extra_pictures(store, out, params, ens)
