@@ -150,11 +150,5 @@ def vector_diversity(vectors_by_group: Mapping[str, np.ndarray], name: str = "L2
     return MetricResult(name, float(np.mean(list(per.values()))), details={"per_group": per})
 
 
-def lpips_or_substitute(images_by_prompt: Mapping[str, object], backbone_path: str | None = None) -> list[MetricResult]:
-    """LPIPS (or its unavailability) plus the named pixel substitute, for reports."""
-    return [lpips_diversity(images_by_prompt, backbone_path=backbone_path), pixel_diversity(images_by_prompt)]
-
-
 __all__ = ["lpips_diversity", "pixel_diversity", "feature_diversity", "vector_diversity", "pairwise_diversity",
-           "load_lpips", "find_lpips_weights", "installed_weights_path", "LPIPS_NAME", "LPIPS_WEIGHTS_ENV",
-           "lpips_or_substitute"]
+           "load_lpips", "find_lpips_weights", "installed_weights_path", "LPIPS_NAME", "LPIPS_WEIGHTS_ENV"]
