@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
