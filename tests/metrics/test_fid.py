@@ -146,7 +146,7 @@ def test_fid_from_images_refuses_below_the_minimum_without_running_inception():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(3600)  # 2049 Inception-v3 passes: ~4 CPU-minutes, 16 wall-minutes on 2 loaded cores
+@pytest.mark.timeout(3600)  # 2049 Inception-v3 passes: 15 CPU-minutes, 25 wall-minutes on 2 loaded cores
 def test_real_fid_of_2049_images_against_themselves():
     # 2049 distinct 8x8 images, clean-resized to 299x299, one pass of the real Inception-v3; the
     # reference statistics and fid_from_images reuse those features (a set against itself).
