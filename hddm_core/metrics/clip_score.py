@@ -1,10 +1,14 @@
 """CLIP score through open_clip: 100 x max(cos(image, text), 0) averaged over images (Hessel et al. 2021,
 with w = 100 as in common text-to-image evaluations; the model name and weights are stated).
 
-Pretrained tags need the Hugging Face hub, which is offline here: a tag is tried with
-HF_HUB_OFFLINE=1 (a cached copy works), a local checkpoint path can be given instead, and when
-neither is present the score is "unavailable" with the reason. Random-init weights are never used
-for a reported score.
+Which model: `model_name` is an open_clip architecture ("ViT-B-32") with `pretrained` a tag
+("laion2b_s34b_b79k") or a local checkpoint file, or `model_name` is "local-dir:/path" (open_clip's own
+layout: open_clip_config.json with model_cfg/preprocess_cfg, plus open_clip_model.safetensors), in
+which case `pretrained` is ignored. When not given they come from $HDDM_CLIP_MODEL / $HDDM_CLIP_PRETRAINED,
+else ViT-B-32 / laion2b_s34b_b79k. Pretrained tags need the Hugging Face hub, which is offline here: a
+tag is tried with HF_HUB_OFFLINE=1 (a cached copy works); when no weights are found the score is
+"unavailable" with the reason. open_clip is called with require_pretrained, so random-init weights are
+never used for a reported score; checkpoints are read tensors-only (weights_only / safetensors).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from hddm_core.metrics.result import MetricResult
 
 log = logging.getLogger(__name__)
 SCALE = 100.0
+CLIP_MODEL_ENV, CLIP_PRETRAINED_ENV = "HDDM_CLIP_MODEL", "HDDM_CLIP_PRETRAINED"
+DEFAULT_MODEL, DEFAULT_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
 
 
 @contextlib.contextmanager
@@ -46,7 +52,7 @@ class ClipScorer:
 
     @property
     def name(self) -> str:
-        return f"CLIPScore ({self.model_id}, 100 x cos clipped at 0)"
+        return _metric_name(self.model_id)
 
     @torch.no_grad()
     def scores(self, images, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -69,28 +75,54 @@ class ClipScorer:
         return MetricResult(self.name, float(s.mean()), details={"n": int(s.size), "std": float(s.std())})
 
 
-def load_clip_scorer(model_name: str = "ViT-B-32", pretrained: str = "laion2b_s34b_b79k", device: str = "cpu"):
-    """(ClipScorer, "") with real weights from a local checkpoint path or a cached tag, else (None, reason)."""
-    import open_clip  # local import: heavy
+def clip_settings(model_name: str | None = None, pretrained: str | None = None) -> tuple[str, str]:
+    """(model_name, pretrained): the arguments, else the environment, else ViT-B-32 / laion2b_s34b_b79k."""
+    model_name = model_name or os.environ.get(CLIP_MODEL_ENV) or DEFAULT_MODEL
+    if model_name.startswith("local-dir:"):
+        return model_name, ""  # the folder holds the weights
+    return model_name, pretrained or os.environ.get(CLIP_PRETRAINED_ENV) or DEFAULT_PRETRAINED
 
-    if os.path.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors")):
+
+def _metric_name(model_id: str) -> str:
+    return f"CLIPScore ({model_id}, 100 x cos clipped at 0)"
+
+
+def _model_id(model_name: str, pretrained: str) -> str:
+    return f"{model_name} / {pretrained}" if pretrained else model_name
+
+
+def load_clip_scorer(model_name: str | None = None, pretrained: str | None = None, device: str = "cpu"):
+    """(ClipScorer, "") with real weights from a local checkpoint, a local-dir model or a cached tag,
+    else (None, reason)."""
+    model_name, pretrained = clip_settings(model_name, pretrained)
+    model_id = _model_id(model_name, pretrained)
+    if model_name.startswith("local-dir:"):
+        folder = model_name[len("local-dir:"):]
+        if not os.path.isfile(os.path.join(folder, "open_clip_config.json")):
+            return None, f"CLIP model folder {folder!r} has no open_clip_config.json"
+    elif os.path.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors")):
         if not os.path.isfile(pretrained):
             return None, f"CLIP checkpoint {pretrained!r} not found"
-        model_id = f"{model_name} / {pretrained}"
-    else:
-        model_id = f"{model_name} / {pretrained}"
+    import open_clip  # local import: heavy
+
     try:
         with _offline_hub():
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+            model, preprocess = open_clip.create_model_from_pretrained(
+                model_name, pretrained=pretrained or None, device=device, weights_only=True)  # require_pretrained
+            tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # noqa: BLE001 - any loader failure means: no real weights here
         return None, f"open_clip weights {model_id!r} unavailable offline: {type(exc).__name__}: {str(exc)[:200]}"
-    return ClipScorer(model.eval(), preprocess, open_clip.get_tokenizer(model_name), model_id), ""
+    return ClipScorer(model.eval(), preprocess, tokenizer, model_id), ""
 
 
-def clip_score(images, prompts: Sequence[str], scorer: ClipScorer | None = None, model_name: str = "ViT-B-32",
-               pretrained: str = "laion2b_s34b_b79k") -> MetricResult:
+def clip_score(images, prompts: Sequence[str], scorer: ClipScorer | None = None, model_name: str | None = None,
+               pretrained: str | None = None) -> MetricResult:
     if scorer is None:
         scorer, reason = load_clip_scorer(model_name, pretrained)
         if scorer is None:
-            return MetricResult.unavailable(f"CLIPScore ({model_name} / {pretrained}, 100 x cos clipped at 0)", reason)
+            return MetricResult.unavailable(clip_name(model_name, pretrained), reason)
     return scorer(images, prompts)
+
+
+def clip_name(model_name: str | None = None, pretrained: str | None = None) -> str:
+    return _metric_name(_model_id(*clip_settings(model_name, pretrained)))

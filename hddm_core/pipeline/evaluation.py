@@ -8,8 +8,10 @@ manifest's `latent`: pixel, or SD-VAE with its model and scale) is decoded (hddm
 samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
 batches of `batch_size`, with progress bars. Quality: Frechet distance of Inception-v3 features
 projected to `fd_dims` (a named small-sample variant, never called FID) against real images of the
-same clusters; diversity: LPIPS within each prompt's images (pixel-RMS when LPIPS weights are absent).
-Each expert also samples its own cluster's prompts alone (`expert_grid_images`, one grid each).
+same clusters; diversity and text alignment: hddm_core.metrics.sample_metrics (LPIPS within each
+prompt's images beside pixel-RMS, CLIP score; each reported as unavailable, with the reason, when its
+weights are absent). Each expert also samples its own cluster's prompts alone (`expert_grid_images`,
+one grid each).
 Output prefix: <evaluations_prefix>/<key[:16]>, key = hash(expert weights, router weights, data, config):
 a second call for the same experts returns the existing manifest without sampling.
 """
@@ -102,9 +104,9 @@ def _stats(images: torch.Tensor, features, dims: int):
 
 
 def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    from hddm_core.metrics.fid import InceptionFeatures, fd_projected
-    from hddm_core.metrics.lpips_diversity import lpips_or_substitute
     from hddm_core.inference.loading import load_ensemble
+    from hddm_core.metrics.fid import InceptionFeatures, fd_projected
+    from hddm_core.metrics.sample_metrics import SampleMetrics
     from hddm_core.pipeline.batched_sampling import sample_in_batches
     from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
 
@@ -141,6 +143,7 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     seeds = list(range(params.seed, params.seed + len(prompts)))
     shape = tuple(real.shape[1:])
     features = InceptionFeatures(device=device, batch_size=params.batch_size)
+    sample_metrics = SampleMetrics()  # LPIPS + CLIP models loaded once ($HDDM_LPIPS_WEIGHTS, $HDDM_CLIP_*)
     latent = prep.config["latent"]
     notes = [f"Scale: {len(ens.members)} experts, {len(prompts)} samples per routing mode "
              f"({params.n_prompts} prompts x {reps} seeds), {params.steps} Euler steps, CFG {params.cfg_scale:g}; "
@@ -164,15 +167,13 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
         x = decoder.decode(res.samples, params.batch_size, progress=True)  # [N, 3, H, W] in [-1, 1]
         metrics = {f"FD-inception-proj{params.fd_dims}": fd_projected(_stats(x, features, params.fd_dims), ref)}
         by_prompt = {f"{k}:{p}": x[k * reps:(k + 1) * reps] for k, p in enumerate(captions)}
-        for m in lpips_or_substitute(by_prompt):
-            metrics[m.name] = m
+        metrics.update(sample_metrics(by_prompt, x, prompts))
         variants.append(VariantResult(name, "routing", metrics, res, x, prompts, params=routing.to_dict()))
         log.info("evaluate %s: %s", name, {k: str(v) for k, v in metrics.items()})
         if progress is not None:
             progress(i + 1, len(routings))
-    diversity = next((k for k in variants[0].metrics if "diversity" in k), "pixel-RMS diversity")
-    results = EvaluationResults("HDDM evaluation", variants, f"FD-inception-proj{params.fd_dims}", diversity, seeds,
-                                notes)
+    results = EvaluationResults("HDDM evaluation", variants, f"FD-inception-proj{params.fd_dims}",
+                                sample_metrics.diversity, seeds, notes)
     out = store.child(prefix)
     write_report(out, results)
     extras = _extra_pictures(store, out, params, ens)

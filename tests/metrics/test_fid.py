@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hddm_core.metrics.fid import (INCEPTION_DIM, FeatureStats, InceptionFeatures, fd_projected, feature_statistics,
-                                   fid, folder_stats, frechet_distance, frechet_metric, min_samples, reference_stats)
+from hddm_core.metrics.fid import (INCEPTION_DIM, FeatureStats, InceptionFeatures, clean_resize, fd_projected,
+                                   feature_statistics, fid, fid_from_images, folder_stats, frechet_distance,
+                                   frechet_metric, inception_stats, min_samples, project_stats, projection,
+                                   quality_metrics, reference_stats)
 from hddm_core.storage import ArtifactStore
 
 
@@ -16,6 +18,13 @@ def test_frechet_distance_closed_form_diagonal():
     mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, -1.0])
     expected = 1 + 9 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_closed_form_with_a_singular_covariance():
+    # S2 singular (Cholesky fails): the symmetric square root path, same closed form.
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 0.0, 0.25])
+    expected = ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(np.zeros(3), np.diag(a), np.zeros(3), np.diag(b)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_frechet_distance_matches_sqrtm_formula_for_general_covariances():
@@ -83,3 +92,76 @@ def test_real_inception_same_folder_twice(tmp_path):
     full_a = FeatureStats(np.zeros(2048), np.eye(2048), 5, a.feature)
     refused = fid(full_a, full_a)
     assert refused.status == "refused" and "2049" in refused.reason
+
+
+def test_clean_resize_is_clean_fids_float_bicubic():
+    from fid_helper_pytorch._resample_func import pil_resample  # clean-fid's "clean" resize, as fid-helper has it
+
+    img = (np.random.default_rng(0).random((12, 12, 3)) * 255).astype(np.uint8)
+    ours = clean_resize(Image.fromarray(img))
+    ref = np.clip(pil_resample(img, (299, 299), "pil_bicubic_float"), 0, 255)
+    assert ours.shape == (299, 299, 3) and ours.dtype == np.float32 and np.array_equal(ours, ref)
+    assert not np.array_equal(ours, np.round(ours))  # not requantised to uint8 after resizing
+    assert ours.min() >= 0 and ours.max() <= 255
+
+
+def test_projected_statistics_equal_statistics_of_projected_features():
+    f = np.random.default_rng(2).standard_normal((60, 16)) @ np.diag(np.linspace(0.5, 3, 16))
+    p = projection(16, 5)
+    direct = feature_statistics(f @ p, "raw")
+    projected = project_stats(feature_statistics(f, "raw"), 5)
+    assert np.allclose(projected.mu, direct.mu, atol=1e-12) and np.allclose(projected.sigma, direct.sigma, atol=1e-12)
+    assert projected.n == 60 and "projection to 5" in projected.feature
+
+
+def _fake_inception_stats(n: int, seed: int) -> FeatureStats:
+    rng = np.random.default_rng(seed)  # non-negative, correlated 2048-d vectors like pooled ReLU features
+    f = np.maximum(rng.standard_normal((n, 64)) @ rng.standard_normal((64, INCEPTION_DIM)) * 0.3
+                   + 0.1 * rng.standard_normal((n, INCEPTION_DIM)), 0)
+    return feature_statistics(f, "inception (test stand-in)")
+
+
+def test_quality_metrics_fid_at_2049_samples_and_refusal_below():
+    big = _fake_inception_stats(min_samples(INCEPTION_DIM), 0)
+    out_fid, out_fd = quality_metrics(big, big, 8)
+    assert out_fid.ok and out_fid.name == "FID" and abs(out_fid.value) < 1e-6
+    assert out_fd.ok and out_fd.name == "FD-inception-proj8" and abs(out_fd.value) < 1e-9
+    small = _fake_inception_stats(100, 1)
+    out_fid, out_fd = quality_metrics(small, big, 8)
+    assert out_fid.status == "refused" and out_fid.value is None and "at least 2049" in out_fid.reason
+    assert "\n" not in out_fid.reason and out_fd.ok and out_fd.value > 0
+
+
+def test_fid_from_images_refuses_below_the_minimum_without_running_inception():
+    def no_network(images):
+        raise AssertionError("Inception must not run for a refused FID")
+
+    images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
+    ref = FeatureStats(np.zeros(2048), np.eye(2048), 5000, "x")
+    out = fid_from_images(images, ref, no_network)
+    assert out.status == "refused" and out.name == "FID" and "2049" in out.reason and out.details["n_generated"] == 10
+    with pytest.raises(ValueError, match="n_samples=11 must be in 1..10"):
+        fid_from_images(images, ref, no_network, n_samples=11)
+    with pytest.raises(ValueError, match="n_samples=0"):
+        fid_from_images(images, ref, no_network, n_samples=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # 2049 Inception-v3 passes: 15 CPU-minutes, 25 wall-minutes on 2 loaded cores
+def test_real_fid_of_2049_images_against_themselves():
+    # 2049 distinct 8x8 images, clean-resized to 299x299, one pass of the real Inception-v3; the
+    # reference statistics and fid_from_images reuse those features (a set against itself).
+    rng = np.random.default_rng(0)
+    n = min_samples(INCEPTION_DIM)
+    images = torch.from_numpy((rng.random((n, 3, 8, 8)) * 255).astype(np.uint8))
+    feats = InceptionFeatures(batch_size=64)(images)
+    assert feats.shape == (n, INCEPTION_DIM) and np.isfinite(feats).all() and feats.std(0).max() > 0
+
+    def cached(imgs):
+        return feats[:len(imgs)]
+
+    ref = inception_stats(images, cached)
+    out = fid_from_images(images, ref, cached, n_samples=n)
+    assert out.ok and out.name == "FID" and out.details["n_samples"] == n and abs(out.value) < 1e-6
+    shifted = fid(feature_statistics(feats + 0.1, ref.feature), ref)  # mean shift by 0.1 in 2048 dims
+    assert shifted.value == pytest.approx(2048 * 0.01, rel=1e-6)
