@@ -83,3 +83,22 @@ def build_text_encoder(description: dict, *, device: str | None = None, model_pa
     if check_recorded:
         require_same("text encoder", encoder.describe(), description)
     return encoder
+
+
+# -- the same descriptions from a stage's parameters (single process and work units build alike) -------
+def embedder_description(params) -> dict:
+    """What EmbedParams ask for, as build_embedder's description."""
+    if params.embedder == "inception-v3-fid":
+        return {"backend": "inception"}
+    return {"backend": "dinov2", "model": params.dinov2_model}
+
+
+def latent_description(params) -> dict:
+    """What PrepareParams ask for, as build_latent_space's description."""
+    return {"space": params.latent_space, "resolution": params.resolution, "model": params.vae_model}
+
+
+def text_description(params) -> dict:
+    """What PrepareParams ask for, as build_text_encoder's description."""
+    return {"encoder": MINILM if params.text_encoder == "minilm" else params.clip_model, "max_length": params.max_length}
+

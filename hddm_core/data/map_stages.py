@@ -14,10 +14,10 @@ from hddm_core.storage import ArtifactStore
 
 
 def embed_spec(params, device: str) -> ModelSpec:
-    if params.embedder == "inception-v3-fid":
-        return ModelSpec("hddm_core.data.embed:InceptionFidEmbedder", {"device": device})
-    return ModelSpec("hddm_core.data.embed:Dinov2Embedder.from_pretrained",
-                     {"model_id_or_path": params.dinov2_model, "device": device})
+    from hddm_core.data.factories import embedder_description
+
+    return ModelSpec("hddm_core.data.factories:build_embedder",
+                     {"description": embedder_description(params), "device": device})
 
 
 def recaption_spec(params, device: str) -> ModelSpec:
@@ -54,19 +54,13 @@ def recaption_as_units(store: ArtifactStore, params, device: str, executor=None)
 
 
 def prepare_spec(params, device: str) -> ModelSpec:
+    from hddm_core.data.factories import latent_description, text_description
     from hddm_core.data.prepare_units import encoders_spec
 
-    if params.latent_space == "pixel":
-        latent = ("hddm_core.data.latents:PixelSpace", {"resolution": params.resolution})
-    else:
-        latent = ("hddm_core.data.latents:SDVaeLatents.from_pretrained",
-                  {"model_id_or_path": params.vae_model, "resolution": params.resolution, "device": device})
-    if params.text_encoder == "minilm":
-        text = ("hddm_core.data.text_encoders:MiniLMTextEncoder", {"max_length": params.max_length, "device": device})
-    else:
-        text = ("hddm_core.data.text_encoders:ClipTextEncoder.from_pretrained",
-                {"model_id_or_path": params.clip_model, "max_length": params.max_length, "device": device})
-    return encoders_spec(*latent, *text)
+    return encoders_spec("hddm_core.data.factories:build_latent_space",
+                         {"description": latent_description(params), "device": device},
+                         "hddm_core.data.factories:build_text_encoder",
+                         {"description": text_description(params), "device": device})
 
 
 def prepare_as_units(store: ArtifactStore, params, device: str, executor=None):

@@ -99,7 +99,7 @@ def _count(store: ArtifactStore, download_prefix: str) -> Optional[int]:
 def run_embed(params: EmbedParams, executor=None) -> StageRef:
     """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
     from hddm_core.data.embed import EmbedConfig, embed
-    from hddm_core.data.factories import build_embedder
+    from hddm_core.data.factories import build_embedder, embedder_description
 
     st = open_stage("embed", params)
     if st.reused:
@@ -111,8 +111,7 @@ def run_embed(params: EmbedParams, executor=None) -> StageRef:
         manifest = embed_as_units(store, params, resolve_device(params.device), executor)
         return st.remember(ref_from_manifest(store, "embed", params.prefix, manifest, embedder=manifest.counts["model"]))
     device = resolve_device(params.device)
-    embedder = build_embedder({"backend": "inception"} if params.embedder == "inception-v3-fid"
-                              else {"backend": "dinov2", "model": params.dinov2_model}, device=device)
+    embedder = build_embedder(embedder_description(params), device=device)
     manifest = embed(store, params.prefix, embedder, source_prefix=params.download_prefix,
                      config=EmbedConfig(batch_size=params.batch_size), force=params.force,
                      total=_count(store, params.download_prefix))
@@ -146,7 +145,8 @@ def run_cluster(params: ClusterParams, executor=None) -> StageRef:
 
 def run_prepare(params: PrepareParams, executor=None) -> StageRef:
     """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
-    from hddm_core.data.factories import MINILM, build_latent_space, build_text_encoder
+    from hddm_core.data.factories import (build_latent_space, build_text_encoder, latent_description,
+                                          text_description)
     from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
 
     st = open_stage("prepare", params)
@@ -159,10 +159,8 @@ def run_prepare(params: PrepareParams, executor=None) -> StageRef:
 
         manifest = prepare_as_units(store, params, device, executor)
         return st.remember(ref_from_manifest(store, "prepare", params.prefix, manifest))
-    latent = build_latent_space({"space": params.latent_space, "resolution": params.resolution,
-                                 "model": params.vae_model}, device=device)
-    text = build_text_encoder({"encoder": MINILM if params.text_encoder == "minilm" else params.clip_model,
-                               "max_length": params.max_length}, device=device)
+    latent = build_latent_space(latent_description(params), device=device)
+    text = build_text_encoder(text_description(params), device=device)
     manifest = prepare_training_inputs(
         store, params.prefix, params.cluster_prefix, latent, text, source_prefix=params.download_prefix,
         captions_prefix=params.recaption_prefix if params.use_recaption else None,
