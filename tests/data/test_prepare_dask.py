@@ -174,9 +174,17 @@ def test_prepare_parameters_name_the_encoders_the_workers_build():
     params = PrepareParams(latent_space="sd-vae", resolution=64, text_encoder="clip", max_length=20, workers=4)
     model = prepare_spec(params, "cuda")
     assert model.kwargs == {
-        "latent": {"factory": "hddm_core.data.latents:SDVaeLatents.from_pretrained",
-                   "kwargs": {"model_id_or_path": "stabilityai/sd-vae-ft-mse", "resolution": 64, "device": "cuda"}},
-        "text": {"factory": "hddm_core.data.text_encoders:ClipTextEncoder.from_pretrained",
-                 "kwargs": {"model_id_or_path": "openai/clip-vit-large-patch14", "max_length": 20, "device": "cuda"}}}
+        "latent": {"factory": "hddm_core.data.factories:build_latent_space",
+                   "kwargs": {"description": {"space": "sd-vae", "resolution": 64, "model": "stabilityai/sd-vae-ft-mse"},
+                              "device": "cuda"}},
+        "text": {"factory": "hddm_core.data.factories:build_text_encoder",
+                 "kwargs": {"description": {"encoder": "openai/clip-vit-large-patch14", "max_length": 20},
+                            "device": "cuda"}}}
     pixel = prepare_spec(PrepareParams(), "cpu").kwargs
-    assert pixel["latent"] == {"factory": "hddm_core.data.latents:PixelSpace", "kwargs": {"resolution": 16}}
+    assert pixel["latent"]["kwargs"]["description"] == {"space": "pixel", "resolution": 16,
+                                                        "model": PrepareParams().vae_model}
+    # the single-process stage builds from the same descriptions
+    from hddm_core.data.factories import latent_description, text_description
+
+    assert pixel["latent"]["kwargs"]["description"] == latent_description(PrepareParams())
+    assert pixel["text"]["kwargs"]["description"] == text_description(PrepareParams())
