@@ -3,10 +3,10 @@ on identical seeds and prompts, measure, and write the report (hddm_core.pipelin
 router and training pictures.
 
 Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
-prepare stage, from its held-out split when it has one (hddm_core.pipeline.fid_eval, which also caches
-the reference statistics and computes FID for `fid_samples`). Everything measured and drawn is in pixels: the run's latent space (the prepare
-manifest's `latent`: pixel, or SD-VAE with its model and scale) is decoded (hddm_core.data.latents),
-samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
+prepare stage, from its held-out split when it has one (hddm_core.pipeline.fid_eval, which also stores
+the reference statistics once and computes FID for `fid_samples`). Everything measured and drawn is
+in pixels: the run's latent space (the prepare manifest's `latent`: pixel, or SD-VAE with its model
+and scale) is decoded (hddm_core.data.latents), samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
 batches of `batch_size`, with progress bars. Quality: Frechet distance of Inception-v3 features
 projected to `fd_dims` (a named small-sample variant, never called FID) against real images of the
 same clusters; diversity and text alignment: hddm_core.metrics.sample_metrics (LPIPS within each
@@ -22,7 +22,6 @@ import logging
 import re
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
@@ -59,27 +58,10 @@ def routings_for(modes, members, has_router: bool, tau: float):
 
 
 def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int, n_real: int):
-    """(captions, tokens [n, L, D], mask [n, L], real images [M, 3, H, W] in [-1, 1]) from the clusters."""
-    from hddm_core.data.cluster_data import ClusterDataset, shard_metadata
+    """(captions, tokens [n, L, D], mask [n, L], real images [M, C, H, W]) from the clusters' training data."""
+    from hddm_core.pipeline.fid_eval import TRAINING, datasets, prompts_from
 
-    sets = {c: ClusterDataset(store, prepare_prefix, c) for c in clusters}
-    captions, tokens, masks, real = [], [], [], []
-    meta_cache: dict = {}
-    for i in range(n):
-        c = clusters[i % len(clusters)]
-        ds = sets[c]
-        j = (i // len(clusters)) % len(ds)
-        _, tok, mask = ds[j]
-        shard = int(np.searchsorted(ds.starts, j, side="right") - 1)
-        if (c, shard) not in meta_cache:
-            meta_cache[(c, shard)] = shard_metadata(store, prepare_prefix, ds.files[shard])
-        captions.append(meta_cache[(c, shard)]["captions"][j - int(ds.starts[shard])])
-        tokens.append(tok)
-        masks.append(mask)
-    per = -(-n_real // len(clusters))  # ceil: the reference spans every cluster evenly
-    for ds in sets.values():
-        real += [ds[j][0] for j in range(min(len(ds), per))]
-    return captions, torch.stack(tokens), torch.stack(masks), torch.stack(real)
+    return prompts_from(store, prepare_prefix, datasets(store, prepare_prefix, clusters, TRAINING), n, n_real)
 
 
 def decoder_for_run(prep, params, members, device: str):
