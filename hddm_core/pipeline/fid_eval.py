@@ -88,8 +88,9 @@ def eval_data(store: ArtifactStore, params, prep, clusters: list[int]) -> EvalDa
                                                 params.reference_images)
     if source == HELD_OUT:
         rule = prep.config.get("holdout", {})
-        note = (f"Prompts and the {len(real)} reference images come from the held-out split (never trained on; "
-                f"{sum(held.values())} images in clusters {use}, seed {rule.get('seed')}).")
+        note = (f"Prompts ({len(set(captions))} distinct) and the {len(real)} reference images come from the "
+                f"held-out split (never trained on; {sum(held.values())} images in clusters {use}, seed "
+                f"{rule.get('seed')}).")
     else:
         note = (f"No held-out split in this run's prepare stage (prepare holdout_per_cluster=0): prompts and the "
                 f"{len(real)} reference images come from the TRAINING data, so the distance rewards memorisation.")

@@ -87,7 +87,8 @@ def test_evaluation_uses_held_out_prompts_and_reuses_stored_reference_statistics
     out = evaluate(store, _params(root, expert))
     assert calls == [4]  # the reference: the 4 held-out images of cluster 1 (reference_images=6 > 4)
     report = store.read_bytes(f"{out['prefix']}/report.md").decode()
-    assert "come from the held-out split" in report and "TRAINING" not in report
+    assert "Prompts (2 distinct) and the 4 reference images come from the held-out split" in report
+    assert "TRAINING" not in report
     value = one(out)["FD-inception-proj2"]
     assert value is not None and value >= 0
     refs = [k for k in store.list("evaluations/references") if k.endswith(".npz")]
