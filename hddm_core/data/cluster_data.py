@@ -76,8 +76,9 @@ class _ShardReader(torch.utils.data.Dataset):
 class ClusterDataset(_ShardReader):
     """One cluster's samples: (latent [C,H,W] f32, text tokens [L,D] f32, mask [L] bool), L = max_length."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, cluster: int, cache_shards: int = 2):
-        super().__init__(store, prefix, cluster_stream(cluster), cache_shards)
+    def __init__(self, store: ArtifactStore, prefix: str, cluster: int, cache_shards: int = 2,
+                 stream: str | None = None):  # stream: e.g. the cluster's held-out split (holdout_stream)
+        super().__init__(store, prefix, stream or cluster_stream(cluster), cache_shards)
         self.cluster = int(cluster)
         self.latent = self.manifest.config["latent"]
         self.text = self.manifest.config["text"]

@@ -64,7 +64,7 @@ def prepare_spec(params, device: str) -> ModelSpec:
 
 
 def prepare_as_units(store: ArtifactStore, params, device: str, executor=None):
-    from hddm_core.data.prepare import PrepareConfig
+    from hddm_core.data.prepare import prepare_config
     from hddm_core.data.prepare_join import prepare_units
 
     source = DownloadSource(store.root, store.storage_options, params.download_prefix)
@@ -72,7 +72,7 @@ def prepare_as_units(store: ArtifactStore, params, device: str, executor=None):
     try:
         return prepare_units(store, params.prefix, params.cluster_prefix, prepare_spec(params, device), source,
                              captions_prefix=params.recaption_prefix if params.use_recaption else None,
-                             config=PrepareConfig(batch_size=params.batch_size), unit_size=params.unit_size,
+                             config=prepare_config(params), unit_size=params.unit_size,
                              executor=executor or pool, gpu=device.startswith("cuda"), force=params.force)
     finally:
         if pool is not None:

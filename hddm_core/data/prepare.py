@@ -8,6 +8,8 @@ Each sample is encoded once and routed to its cluster's stream and to the router
                                      [N,L,D] f16 (L = longest caption of the shard), text_mask [N,L]
                                      u8; metadata: keys, captions (JSON lists)
     router/<index>.safetensors       latents, latent_std (VAE only), labels [N] i64; metadata: keys
+    holdout_<c>/<index>.safetensors  the held-out split (hddm_core.data.holdout), cluster stream format;
+                                     a held-out sample is in no cluster_<c> or router shard
     null_text.safetensors            the null caption's tokens [L,D] and mask (classifier-free guidance)
     _manifest.json                   config names latent space, scale, resolution, latent shape, text
                                      encoder, width and max_length: experts and contributors must match them
@@ -24,6 +26,7 @@ import numpy as np
 from hddm_core.storage import ArtifactStore
 from hddm_core.data.sharded_stage import ShardedStage, require_manifest, run_batched, sample_source
 from hddm_core.data.safetensors_bytes import canonical_safetensors
+from hddm_core.data.holdout import HOLDOUT_PREFIX, HoldoutRule, holdout_stream, select_holdout
 from hddm_core.data.text_encoders import NULL_CAPTION
 
 log = logging.getLogger(__name__)
@@ -41,12 +44,25 @@ def cluster_stream(cluster: int) -> str:
 class PrepareConfig:
     batch_size: int = 32
     shard_size: int = 1024
+    holdout_per_cluster: int = 0  # the held-out split (hddm_core.data.holdout); 0 = none
+    holdout_max_fraction: float = 0.25
+    holdout_seed: int = 0
 
     def validate(self) -> "PrepareConfig":
         for name in ("batch_size", "shard_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        self.holdout().validate()
         return self
+
+    def holdout(self) -> HoldoutRule:
+        return HoldoutRule(int(self.holdout_per_cluster), float(self.holdout_max_fraction), int(self.holdout_seed))
+
+
+def prepare_config(params) -> PrepareConfig:
+    """The stage's config from its parameters (hddm_core.pipeline.params_data.PrepareParams)."""
+    return PrepareConfig(batch_size=params.batch_size, holdout_per_cluster=params.holdout_per_cluster,
+                         holdout_max_fraction=params.holdout_max_fraction, holdout_seed=params.holdout_seed)
 
 
 def _trim(tokens, mask):
@@ -98,6 +114,7 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
         return done
     stage.begin()
     assignments = read_assignments(store, cluster_prefix)
+    held = select_holdout(assignments, config.holdout())
     stats = {"unclustered": 0, "caption_fallback": 0}
 
     def caption_of(sample) -> str:
@@ -112,6 +129,8 @@ def prepare_training_inputs(store: ArtifactStore, out_prefix: str, cluster_prefi
         if sample.key not in assignments:
             stats["unclustered"] += 1
             return []
+        if sample.key in held:  # never trained on: in no cluster or router shard
+            return [holdout_stream(held[sample.key])]
         return [cluster_stream(assignments[sample.key]), ROUTER_STREAM]
 
     def compute(batch):
@@ -158,12 +177,18 @@ def stage_config(store: ArtifactStore, cluster_prefix: str, captions_prefix: str
             # the run's clustering identity (hddm_core.contrib.compatibility): experts declare it
             "clustering_version": clustering_version_from_sha(centroids) if centroids else None,
             "caption_source": "recaption" if captions_prefix else "original",
-            "batch_size": config.batch_size, "shard_size": config.shard_size}
+            "batch_size": config.batch_size, "shard_size": config.shard_size,
+            # recorded only when a split is set aside, so runs without one keep their fingerprint
+            **({"holdout": config.holdout().describe()} if config.holdout_per_cluster else {})}
 
 
 def stage_counts(seen: int, stats: dict, streams: dict[str, int], n_clusters: int) -> dict:
-    return {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
-            "clusters": {str(c): streams.get(cluster_stream(c), 0) for c in range(n_clusters)}}
+    counts = {"samples": seen, **stats, "router": streams.get(ROUTER_STREAM, 0),
+              "clusters": {str(c): streams.get(cluster_stream(c), 0) for c in range(n_clusters)}}
+    if any(s.startswith(HOLDOUT_PREFIX) for s in streams):
+        counts["holdout"] = {str(c): streams.get(holdout_stream(c), 0) for c in range(n_clusters)}
+        counts["holdout_total"] = sum(counts["holdout"].values())
+    return counts
 
 
 def null_text_bytes(text_encoder) -> bytes:

@@ -123,9 +123,12 @@ def prepare_units(store: ArtifactStore, out_prefix: str, cluster_prefix: str, mo
     if read_manifest(store, out_prefix) is not None:  # its outputs may be rewritten
         store.delete(f"{out_prefix}/{MANIFEST_NAME}")
     captions = read_captions(store, captions_prefix) if captions_prefix is not None else {}
+    from hddm_core.data.holdout import select_holdout
+
     keys = source.keys()
-    units, unclustered = plan_prepare_units(keys, read_assignments(store, cluster_prefix), captions,
-                                            config.batch_size, unit_size)
+    assignments = read_assignments(store, cluster_prefix)
+    units, unclustered = plan_prepare_units(keys, assignments, captions, config.batch_size, unit_size,
+                                            select_holdout(assignments, config.holdout()))
     job = PrepareJob(out_prefix, store.root, store.storage_options, full_config, inputs, config.batch_size,
                      config.shard_size, source, model, bool(captions), force, torch_threads)
     records = executor.run(run_prepare_unit, [(job, u) for u in units], [f"prepare-unit-{u.index:05d}" for u in units],

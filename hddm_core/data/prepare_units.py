@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hddm_core.data.holdout import holdout_stream
 from hddm_core.data.prepare import ROUTER_STREAM, cluster_stream, encode_batch, null_text_bytes
 from hddm_core.data.sharded_stage import stage_fingerprint
 from hddm_core.data.unit_runner import ModelSpec, UnitKernel, _compute, _sample_errors, load_model, resolve, worker_name
@@ -71,6 +72,7 @@ class PrepareUnit:
     keys: tuple[str, ...]
     labels: tuple[int, ...]  # top-level cluster
     captions: tuple[str | None, ...]  # the recaption stage's caption, None = keep the original
+    held: tuple[bool, ...] = ()  # in the held-out split (hddm_core.data.holdout); () = none held out
 
 
 @dataclass
@@ -99,8 +101,9 @@ class PrepareJob:
 
 
 def plan_prepare_units(keys: list[str], assignments: dict, captions: dict, batch_size: int,
-                       unit_size: int) -> tuple[list[PrepareUnit], int]:
-    """(units over the routed samples, number of unclustered input samples)."""
+                       unit_size: int, held: dict | None = None) -> tuple[list[PrepareUnit], int]:
+    """(units over the routed samples, number of unclustered input samples); held: the held-out keys
+    (encoded in the same batches as the single-process stage, written to their holdout stream only)."""
     if int(unit_size) < 1 or int(unit_size) % int(batch_size):
         raise ValueError(f"unit_size must be a positive multiple of batch_size={batch_size}, got {unit_size!r}")
     routed = [(p, k) for p, k in enumerate(keys) if k in assignments]
@@ -109,7 +112,8 @@ def plan_prepare_units(keys: list[str], assignments: dict, captions: dict, batch
         part = routed[start:start + int(unit_size)]
         units.append(PrepareUnit(i, start, start + len(part), tuple(p for p, _ in part), tuple(k for _, k in part),
                                  tuple(int(assignments[k]) for _, k in part),
-                                 tuple(captions.get(k) if captions else None for _, k in part)))
+                                 tuple(captions.get(k) if captions else None for _, k in part),
+                                 tuple(k in held for _, k in part) if held else ()))
     return units, len(keys) - len(routed)
 
 
@@ -202,8 +206,11 @@ def run_prepare_unit(job: PrepareJob, unit: PrepareUnit) -> dict:
         if batch:
             results.update(_compute(KERNEL, encoders, batch, failures))
     streams: dict[str, list] = {}
-    for key, label in zip(unit.keys, unit.labels):
-        if key in results:
+    held = unit.held or (False,) * len(unit.keys)
+    for key, label, out in zip(unit.keys, unit.labels, held):
+        if key in results and out:
+            streams.setdefault(holdout_stream(label), []).append((key, results[key]))
+        elif key in results:
             mean, std, tokens, text = results[key]
             streams.setdefault(cluster_stream(label), []).append((key, (mean, std, tokens, text)))
             streams.setdefault(ROUTER_STREAM, []).append((key, (mean, std, label)))

@@ -114,7 +114,26 @@ def lpips_diversity(images_by_prompt: Mapping[str, object], model=None, backbone
         model, reason = load_lpips(backbone_path)
         if model is None:
             return MetricResult.unavailable(LPIPS_NAME, reason)
-    return pairwise_diversity(images_by_prompt, lambda a, b: model(a, b, normalize=False).flatten(), LPIPS_NAME)
+    result = pairwise_diversity(images_by_prompt, lambda a, b: model(_lpips_size(a), _lpips_size(b),
+                                                                     normalize=False).flatten(), LPIPS_NAME)
+    side = min(_as_images(next(iter(images_by_prompt.values()))).shape[-2:])
+    if side < LPIPS_MIN_SIDE:
+        result.details["input_resize"] = f"{side} px upsampled (bilinear) to {LPIPS_MIN_SIDE} px before LPIPS"
+    return result
+
+
+# AlexNet's five stages pool a side below ~31 px down to nothing; small images (the demo's 16-32 px)
+# are upsampled to this side first, and the result says so.
+LPIPS_MIN_SIDE = 64
+
+
+def _lpips_size(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if min(h, w) >= LPIPS_MIN_SIDE:
+        return x
+    scale = LPIPS_MIN_SIDE / min(h, w)
+    size = (max(LPIPS_MIN_SIDE, round(h * scale)), max(LPIPS_MIN_SIDE, round(w * scale)))
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def pixel_diversity(images_by_prompt: Mapping[str, object]) -> MetricResult:

@@ -3,9 +3,10 @@ on identical seeds and prompts, measure, and write the report (hddm_core.pipelin
 router and training pictures.
 
 Prompts are captions (with their text tokens) drawn round-robin from the experts' clusters in the
-prepare stage. Everything measured and drawn is in pixels: the run's latent space (the prepare
-manifest's `latent`: pixel, or SD-VAE with its model and scale) is decoded (hddm_core.data.latents),
-samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
+prepare stage, from its held-out split when it has one (hddm_core.pipeline.fid_eval, which also stores
+the reference statistics once and computes FID for `fid_samples`). Everything measured and drawn is
+in pixels: the run's latent space (the prepare manifest's `latent`: pixel, or SD-VAE with its model
+and scale) is decoded (hddm_core.data.latents), samples and real images alike. Sampling, decoding and feature extraction run on `device`, in
 batches of `batch_size`, with progress bars. Quality: Frechet distance of Inception-v3 features
 projected to `fd_dims` (a named small-sample variant, never called FID) against real images of the
 same clusters; diversity and text alignment: hddm_core.metrics.sample_metrics (LPIPS within each
@@ -21,7 +22,6 @@ import logging
 import re
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from hddm_core.manifests import StageManifest, completed, describe_outputs, hash_config, read_manifest, write_manifest
@@ -58,27 +58,10 @@ def routings_for(modes, members, has_router: bool, tau: float):
 
 
 def _prompts(store: ArtifactStore, prepare_prefix: str, clusters: list[int], n: int, n_real: int):
-    """(captions, tokens [n, L, D], mask [n, L], real images [M, 3, H, W] in [-1, 1]) from the clusters."""
-    from hddm_core.data.cluster_data import ClusterDataset, shard_metadata
+    """(captions, tokens [n, L, D], mask [n, L], real images [M, C, H, W]) from the clusters' training data."""
+    from hddm_core.pipeline.fid_eval import TRAINING, datasets, prompts_from
 
-    sets = {c: ClusterDataset(store, prepare_prefix, c) for c in clusters}
-    captions, tokens, masks, real = [], [], [], []
-    meta_cache: dict = {}
-    for i in range(n):
-        c = clusters[i % len(clusters)]
-        ds = sets[c]
-        j = (i // len(clusters)) % len(ds)
-        _, tok, mask = ds[j]
-        shard = int(np.searchsorted(ds.starts, j, side="right") - 1)
-        if (c, shard) not in meta_cache:
-            meta_cache[(c, shard)] = shard_metadata(store, prepare_prefix, ds.files[shard])
-        captions.append(meta_cache[(c, shard)]["captions"][j - int(ds.starts[shard])])
-        tokens.append(tok)
-        masks.append(mask)
-    per = -(-n_real // len(clusters))  # ceil: the reference spans every cluster evenly
-    for ds in sets.values():
-        real += [ds[j][0] for j in range(min(len(ds), per))]
-    return captions, torch.stack(tokens), torch.stack(masks), torch.stack(real)
+    return prompts_from(store, prepare_prefix, datasets(store, prepare_prefix, clusters, TRAINING), n, n_real)
 
 
 def decoder_for_run(prep, params, members, device: str):
@@ -105,7 +88,8 @@ def _stats(images: torch.Tensor, features, dims: int):
 
 def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int], None]] = None) -> dict:
     from hddm_core.inference.loading import load_ensemble
-    from hddm_core.metrics.fid import InceptionFeatures, fd_projected
+    from hddm_core.metrics.fid import InceptionFeatures, fd_projected, project_stats
+    from hddm_core.pipeline.fid_eval import FidCheck, eval_data, reference_stats
     from hddm_core.metrics.sample_metrics import SampleMetrics
     from hddm_core.pipeline.batched_sampling import sample_in_batches
     from hddm_core.pipeline.report import EvaluationResults, VariantResult, write_report
@@ -135,8 +119,9 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
     decoder = decoder_for_run(prep, params, ens.members, device)
 
     clusters = sorted({int(m.manifest["cluster_id"]) for m in ens.members if m.manifest.get("cluster_id") is not None})
-    captions, tokens, mask, real = _prompts(store, params.prepare_prefix, clusters or [0], params.n_prompts,
-                                            params.reference_images)
+    data = eval_data(store, params, prep, clusters or [0])  # the held-out split when the run has one
+    captions, tokens, mask, real = data.captions, data.tokens, data.mask, data.real
+    fid_check = FidCheck(store, params, prep, data) if params.fid_samples else None  # refuses before sampling
     reps = params.images_per_prompt
     cond = {"tokens": tokens.repeat_interleave(reps, 0), "mask": mask.repeat_interleave(reps, 0)}
     prompts = [c for c in captions for _ in range(reps)]
@@ -151,8 +136,9 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
              f"Latent space: {latent['space']} (model {latent.get('model')}, scale {float(latent['scale']):g}); "
              "samples and real images are decoded to pixels before every metric and picture.",
              f"Quality: Frechet distance of Inception-v3 pool features projected to {params.fd_dims} dimensions "
-             f"against {len(real)} real images of the same clusters (not FID, which needs > 2048 samples)."]
-    ref = _stats(decoder.decode(real, params.batch_size, progress=True), features, params.fd_dims)
+             f"against {len(real)} real images of the same clusters (not FID, which needs > 2048 samples).",
+             data.note] + ([fid_check.note()] if fid_check else [])
+    ref = project_stats(reference_stats(store, params, prep, data, decoder, features), params.fd_dims)  # stored once
     routings, skipped = routings_for(params.routing_modes, ens.members, ens.router is not None, params.tau)
     notes += [f"Skipped routing mode {s}" for s in skipped]
     if not routings:
@@ -166,6 +152,8 @@ def evaluate(store: ArtifactStore, params, progress: Optional[Callable[[int, int
                                 desc=f"sample {name}", routing=routing, **sampler)
         x = decoder.decode(res.samples, params.batch_size, progress=True)  # [N, 3, H, W] in [-1, 1]
         metrics = {f"FD-inception-proj{params.fd_dims}": fd_projected(_stats(x, features, params.fd_dims), ref)}
+        if fid_check is not None:
+            metrics["FID"] = fid_check.measure(name, routing, ens.members, sampler, decoder, features, device, shape)
         by_prompt = {f"{k}:{p}": x[k * reps:(k + 1) * reps] for k, p in enumerate(captions)}
         metrics.update(sample_metrics(by_prompt, x, prompts))
         variants.append(VariantResult(name, "routing", metrics, res, x, prompts, params=routing.to_dict()))

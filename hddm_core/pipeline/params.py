@@ -112,9 +112,22 @@ class EvaluateParams(StageParams):
                                                                    "Frechet distance compares against.")
     fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
                                                         "small-sample Frechet distance (named FD-inception-projN).")
+    fid_samples: Optional[int] = Field(None, description="Also compute FID (2048-d Inception) on this many samples "
+                                                          "per routing mode against the held-out split's "
+                                                          "statistics; at least 2,049; empty = none.")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Device = Field(AUTO_DEVICE, description="Where sampling, decoding and feature extraction run.")
     batch_size: int = Field(64, ge=1, le=65536, description="Samples per sampler call, VAE decode and feature batch.")
+
+    @field_validator("fid_samples")
+    @classmethod
+    def _fid_samples(cls, v):
+        from hddm_core.metrics.fid import INCEPTION_DIM, min_samples
+
+        if v is not None and v < min_samples(INCEPTION_DIM):
+            raise ValueError(f"fid_samples={v} is below the minimum {min_samples(INCEPTION_DIM)} for FID "
+                             f"({INCEPTION_DIM}-d features need n > d); leave it empty for the projected distance")
+        return v
     expert_grid_images: int = Field(4, ge=0, le=64, description="Images per expert alone on its own cluster's "
                                                                 "prompts, one grid each; 0 = none.")
     vae_model: Optional[str] = Field(None, description="Decode latents with the VAE from here (a local copy); empty = "

@@ -132,6 +132,12 @@ class PrepareParams(StageParams):
     max_length: int = Field(32, ge=2, le=512, description="Caption tokens kept.")
     batch_size: int = Field(64, ge=1, le=4096)
     use_recaption: bool = Field(True, description="Use the recaption stage's captions (else the original ones).")
+    holdout_per_cluster: int = Field(8, ge=0, description="Samples per cluster set aside as the held-out split "
+                                                          "(evaluation prompts and FID references; never trained "
+                                                          "on); 0 = none.")
+    holdout_max_fraction: float = Field(0.25, ge=0, lt=1, description="At most this fraction of a cluster is "
+                                                                      "held out.")
+    holdout_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the held-out selection (keyed hash).")
     device: Device = AUTO_DEVICE
     download_prefix: str = "download"
     cluster_prefix: str = "cluster"

@@ -147,7 +147,7 @@ def run_prepare(params: PrepareParams, executor=None) -> StageRef:
     """executor (or params.workers > 1): run as work units (hddm_core.data.map_stages)."""
     from hddm_core.data.factories import (build_latent_space, build_text_encoder, latent_description,
                                           text_description)
-    from hddm_core.data.prepare import PrepareConfig, prepare_training_inputs
+    from hddm_core.data.prepare import prepare_config, prepare_training_inputs
 
     st = open_stage("prepare", params)
     if st.reused:
@@ -164,7 +164,7 @@ def run_prepare(params: PrepareParams, executor=None) -> StageRef:
     manifest = prepare_training_inputs(
         store, params.prefix, params.cluster_prefix, latent, text, source_prefix=params.download_prefix,
         captions_prefix=params.recaption_prefix if params.use_recaption else None,
-        config=PrepareConfig(batch_size=params.batch_size), force=params.force,
+        config=prepare_config(params), force=params.force,
         total=_count(store, params.download_prefix))
     return st.remember(ref_from_manifest(store, "prepare", params.prefix, manifest))
 

@@ -22,6 +22,7 @@ from hddm_core.storage import ArtifactStore
 from tests.data.fixtures_b import GroupEmbedder, samples_hash, shape_samples, tiny_clip_text
 
 CONFIG = PrepareConfig(batch_size=2, shard_size=3)  # the batch does not divide the shard: still the same bytes
+HELD = PrepareConfig(batch_size=2, shard_size=3, holdout_per_cluster=2, holdout_max_fraction=0.4, holdout_seed=5)
 
 
 # -- model factories the workers import by name ------------------------------------------------------
@@ -64,6 +65,8 @@ def world(tmp_path_factory):
     items = clustered[:7] + extra[:1] + clustered[7:] + extra[1:]
     ref = prepare_training_inputs(store, "ref", "clu", PixelSpace(16), tiny_text(), samples=items,
                                   input_hash=samples_hash(items), config=CONFIG)
+    prepare_training_inputs(store, "ref_held", "clu", PixelSpace(16), tiny_text(), samples=items,
+                            input_hash=samples_hash(items), config=HELD)
     return store, items, ref
 
 
@@ -80,14 +83,15 @@ def source(items):
     return ListSource(items, samples_hash(items))
 
 
-def assert_same_output(store, prefix, manifest, ref):
+def assert_same_output(store, prefix, manifest, ref, ref_prefix="ref"):
     assert manifest.config == ref.config and manifest.inputs == ref.inputs
     assert sorted(manifest.outputs) == sorted(ref.outputs)
     for key in ref.outputs:  # every shard, marker and the null caption, byte for byte
-        assert store.read_bytes(f"{prefix}/{key}") == store.read_bytes(f"ref/{key}"), key
+        assert store.read_bytes(f"{prefix}/{key}") == store.read_bytes(f"{ref_prefix}/{key}"), key
     assert manifest.content_hash == ref.content_hash
-    for name in ("samples", "unclustered", "caption_fallback", "router", "clusters", "streams"):
-        assert manifest.counts[name] == ref.counts[name], name
+    for name in ("samples", "unclustered", "caption_fallback", "router", "clusters", "streams", "holdout",
+                 "holdout_total"):
+        assert manifest.counts.get(name) == ref.counts.get(name), name
     assert not store.exists(f"{prefix}/{PIECES}")  # the pieces are gone once the manifest is written
 
 
@@ -122,6 +126,19 @@ def test_in_process_units_equal_the_single_process_stage(world, unit_size):
     assert manifest.counts["unclustered"] == 2 and manifest.counts["failures"] == {}
     again = prepare_units(store, prefix, "clu", spec(), source(items), config=CONFIG, executor=InProcess())
     assert again.content_hash == manifest.content_hash  # finished: skipped
+
+
+@pytest.mark.parametrize("unit_size", [2, 4])
+def test_units_with_a_held_out_split_equal_the_single_process_stage(world, unit_size):
+    from hddm_core.manifests import read_manifest
+
+    store, items, _ = world
+    ref = read_manifest(store, "ref_held")
+    assert ref.counts["holdout_total"] == 6 and sorted(k for k in ref.counts["streams"] if k.startswith("holdout_"))
+    manifest = prepare_units(store, f"held{unit_size}", "clu", spec(), source(items), config=HELD,
+                             unit_size=unit_size, executor=InProcess(), torch_threads=1)
+    assert_same_output(store, f"held{unit_size}", manifest, ref, "ref_held")
+    assert manifest.config["holdout"]["seed"] == 5
 
 
 def test_a_bad_sample_is_counted_and_the_stage_goes_on(world):

@@ -148,3 +148,20 @@ def test_real_lpips_diversity_is_reported(real_lpips):
     out = lpips_diversity({"same": x.repeat(3, 1, 1, 1), "varied": imgs})
     assert out.ok and out.name == LPIPS_NAME
     assert out.details["per_prompt"]["same"] == 0.0 and out.details["per_prompt"]["varied"] > 0.05
+
+
+def test_real_lpips_on_16px_images_upsamples_and_says_so(real_lpips):
+    # AlexNet pools a 16 px image down to nothing ("Given input size: (192x1x1)"): the demo's sizes
+    # are upsampled to LPIPS_MIN_SIDE first, and the result records it.
+    from hddm_core.metrics.lpips_diversity import LPIPS_MIN_SIDE
+
+    small = torch.nn.functional.interpolate(_smooth_image(), size=(16, 16), mode="area")
+    noise = torch.randn(small.shape, generator=torch.Generator().manual_seed(0))
+    same = lpips_diversity({"p": small.repeat(3, 1, 1, 1)}, model=real_lpips)
+    assert same.ok and same.value == 0.0
+    assert same.details["input_resize"] == f"16 px upsampled (bilinear) to {LPIPS_MIN_SIDE} px before LPIPS"
+    d = [lpips_diversity({"p": torch.cat([small, (small + s * noise).clamp(-1, 1)])}, model=real_lpips).value
+         for s in (0.05, 0.2, 0.8)]
+    assert all(a < b for a, b in zip(d, d[1:])), d
+    big = lpips_diversity({"p": _smooth_image().repeat(2, 1, 1, 1)}, model=real_lpips)
+    assert "input_resize" not in big.details
