@@ -26,6 +26,7 @@ ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 CODES = ("header-short", "header-length", "header-not-utf8", "header-not-json", "header-nesting", "header-not-object",
          "header-too-many", "header-metadata", "header-entry", "header-dtype", "header-shape", "header-offsets",
          "header-range-size", "header-overlap", "header-gap", "header-data-size")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 
 
@@ -52,16 +53,14 @@ def header_length(head: bytes, size: int) -> int:
     return n
 
 
-def nesting_depth(raw: bytes) -> int:
-    """The deepest bracket nesting of JSON text, strings ignored (computed without recursion)."""
-    depth = deepest = 0
-    for ch in _STRING.sub(b'""', raw):
-        if ch in (0x7B, 0x5B):  # { [
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in (0x7D, 0x5D):
-            depth -= 1
-    return deepest
+def too_deep(raw: bytes, limit: int = MAX_NESTING) -> bool:
+    """Whether JSON text nests brackets deeper than limit, strings ignored (no recursion; stops early)."""
+    depth = 0
+    for ch in _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        depth += 1 if ch in b"{[" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def _strict_constant(name: str):
@@ -82,10 +81,9 @@ def _json(raw: bytes) -> dict:
         raise HeaderRejected("header-not-utf8", f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text.lstrip().startswith("{"):
         raise HeaderRejected("header-not-object", "header is not a JSON object (it must start with '{')")
-    depth = nesting_depth(raw)
-    if depth > MAX_NESTING:
-        raise HeaderRejected("header-nesting", f"header JSON nests {depth} deep (a safetensors header nests "
-                                               f"at most {MAX_NESTING})")
+    if too_deep(raw):
+        raise HeaderRejected("header-nesting", f"header JSON nests deeper than {MAX_NESTING} (a safetensors "
+                                               f"header nests at most {MAX_NESTING}: name, entry, shape)")
     try:
         header = json.loads(text, parse_constant=_strict_constant, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError) as exc:

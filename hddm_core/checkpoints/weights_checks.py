@@ -8,6 +8,7 @@ known to be small) -> sha256 (reads capped at the file's size, the deadline chec
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -98,6 +99,7 @@ def _size_check(size: int, manifest, max_bytes: int) -> Check:
     return Check("size", size == manifest.weights_bytes, detail, "size-mismatch")
 
 
+@functools.lru_cache(maxsize=16)  # configs are frozen; a registry validates the same few architectures
 def _expected_shapes(kind: Kind, config) -> dict[str, tuple]:
     with torch.device("meta"):
         model = kind.build(config)
