@@ -92,10 +92,15 @@ def read_header(f: BinaryIO, uri: str, size: int) -> dict:
         raise
 
 
-def _size_check(size: int, manifest, max_bytes: int) -> Check:
+def _size_check(size: int, manifest, config, max_bytes: int) -> Check:
     detail = f"{size} bytes (manifest {manifest.weights_bytes}, limit {max_bytes})"
     if size > max_bytes:
         return Check("size", False, detail, "size-limit")
+    itemsize = {name: dt.itemsize for dt, name in DTYPE_NAMES.items()}[manifest.dtype]  # schema-checked
+    need = stored_elements(config) * itemsize  # by formula: nothing built or read yet
+    if need > max_bytes:
+        return Check("size", False, f"the config's {stored_elements(config)} {manifest.dtype} elements need {need} "
+                                    f"bytes, over the limit {max_bytes}", "size-limit")
     return Check("size", size == manifest.weights_bytes, detail, "size-mismatch")
 
 
@@ -123,7 +128,7 @@ def header_checks(header: dict, data_bytes: int, kind: Kind, config, manifest_dt
     checks = [Check("dtypes", dtype_ok, f"{sorted(dtypes)} (manifest {manifest_dtype})")]
     if not dtype_ok:
         return checks
-    itemsize = torch.empty((), dtype=ALLOWED_DTYPES[next(iter(dtypes))]).element_size() if dtypes else 4
+    itemsize = ALLOWED_DTYPES[next(iter(dtypes))].itemsize if dtypes else 4
     want = stored_elements(config) * itemsize
     checks.append(Check("data-size", data_bytes == want, f"{data_bytes} data bytes; the config's "
                         f"{stored_elements(config)} elements x {itemsize} bytes need {want}", "size-vs-config"))
@@ -137,7 +142,7 @@ def weights_checks(store: ArtifactStore, manifest, kind: Kind, config, max_bytes
     """Every check of the weights named by `manifest` (`data`: the bytes when already read)."""
     key = manifest.weights_file
     size = len(data) if data is not None else store.size(key)
-    checks = [_size_check(size, manifest, max_bytes)]
+    checks = [_size_check(size, manifest, config, max_bytes)]
     if not checks[0].ok:
         return checks
     try:
