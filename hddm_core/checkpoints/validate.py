@@ -1,9 +1,9 @@
 """Validating a checkpoint without unpickling: locate it, check the manifest, the safetensors header, sha256, finiteness.
 
-The safetensors header is parsed as plain JSON and checked against the declared architecture (names,
-shapes, dtypes, byte ranges) before any tensor is read; then the sha256, the size limits and
-finiteness are checked. Every problem is a failed Check; only pickles (PickleRefused) and missing
-files (FileNotFoundError) raise. With keep_bytes the manifest and weights are read once into memory
+The manifest is read capped and strict, its architecture bounded (limits); the weights are checked in
+weights_checks (size by formula, header, dtypes, shapes, sha256) before any tensor is read; then
+finiteness. Every problem is a failed Check with a reason code, including running past the
+wall-clock budget; only pickles (PickleRefused) and missing files (FileNotFoundError) raise. With keep_bytes the manifest and weights are read once into memory
 and every check runs on those bytes, so a caller can store exactly what was validated.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from hddm_core.checkpoints.errors import Check, PickleRefused
 from hddm_core.checkpoints.manifest import BY_FORMAT, KINDS, SCHEMA_CODES, Kind, schema_errors
 from hddm_core.checkpoints.pickle_guard import refuse_pickle_name
-from hddm_core.checkpoints.weights_checks import Deadline, OverBudget, weights_checks, weights_sha256
+from hddm_core.checkpoints.weights_checks import Deadline, OverBudget, weights_checks, weights_sha256  # noqa: F401 (io)
 from hddm_core.storage import loads_strict, ArtifactStore
 
 DEFAULT_MAX_WEIGHT_BYTES = 8 << 30  # XL/2 in fp32 is 2.4 GB
