@@ -10,7 +10,7 @@ the built models), so the expected weight bytes are known before any tensor or m
 """
 from __future__ import annotations
 
-from hddm_core.models.presets import PRESET_NAMES, DiTConfig, RouterConfig, expert_config
+from hddm_core.models.presets import ADALN_KINDS, POOL_KINDS, PRESET_NAMES, DiTConfig, RouterConfig, expert_config
 
 MARGIN = 2
 _FIELDS = ("input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio", "text_dim")
@@ -52,14 +52,14 @@ def _block(d: int, mlp_ratio: float, single: bool, cross: bool) -> int:
 def parameter_count(config: DiTConfig | RouterConfig) -> int:
     """Trainable parameters of the expert (DiTConfig) or router (RouterConfig), by formula."""
     c, d = config, config.hidden_size
-    single = c.adaln == "single"
+    single = c.adaln == ADALN_KINDS[0]  # AdaLN-Single: tables per block, one global t_block
     final = 2 * d if single else _lin(d, 2 * d)  # the last modulation (table or MLP)
     if isinstance(c, DiTConfig):
         text = _lin(c.text_dim, d) + _lin(d, d) + c.text_dim  # caption projection, null caption
         return c.depth * _block(d, c.mlp_ratio, single, True) + _common(c, single) + text + final \
             + _lin(d, c.patch_size ** 2 * c.in_channels)
     return c.depth * _block(d, c.mlp_ratio, single, False) + _common(c, single) + final + _lin(d, c.num_clusters) \
-        + (d if c.pool == "cls" else 0)
+        + (d if c.pool == POOL_KINDS[1] else 0)  # a learned CLS token
 
 
 def stored_elements(config: DiTConfig | RouterConfig) -> int:
