@@ -9,9 +9,15 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    code: str = ""  # a failed check's short stable reason (e.g. "header-overlap"); the name when not given
+
+    def __post_init__(self):
+        if not self.ok and not self.code:
+            object.__setattr__(self, "code", self.name)
 
     def __str__(self) -> str:
-        return f"[{'ok' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
+        tag = f" ({self.code})" if not self.ok and self.code != self.name else ""
+        return f"[{'ok' if self.ok else 'FAIL'}] {self.name}{tag}: {self.detail}"
 
 
 class CheckpointError(ValueError):

@@ -24,6 +24,7 @@ from hddm_core.checkpoints.errors import Check, CheckpointError
 from hddm_core.checkpoints.manifest import (DTYPE_NAMES, FORMAT_VERSION, KINDS, ExpertManifest, Kind, RouterManifest,
                                             schema_errors)
 from hddm_core.checkpoints.validate import DEFAULT_MAX_WEIGHT_BYTES, ValidatedFiles, run_validation, weights_sha256
+from hddm_core.data.safetensors_bytes import canonical_safetensors
 from hddm_core.diffusion.conversion import ExpertVelocityField
 from hddm_core.diffusion.objectives import get_objective
 from hddm_core.models.dit import count_parameters
@@ -101,7 +102,7 @@ def _state_for_saving(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], 
 
 
 def _save(kind: Kind, store_or_dir, key_prefix: str, model: torch.nn.Module, fields: dict) -> str:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     store = _as_store(store_or_dir)
     validate_key(key_prefix)
@@ -121,7 +122,9 @@ def _save(kind: Kind, store_or_dir, key_prefix: str, model: torch.nn.Module, fie
     state, dtype = _state_for_saving(model)
     with tempfile.TemporaryDirectory(prefix="hddm-save-") as tmp:
         path = os.path.join(tmp, "weights.safetensors")
-        save_file(state, path, metadata={"format": kind.manifest_cls.format, "preset": config.preset})
+        data = canonical_safetensors(save(state, metadata={"format": kind.manifest_cls.format, "preset": config.preset}))
+        with open(path, "wb") as f:  # canonical: the same tensors give the same bytes in every process
+            f.write(data)
         with open(path, "rb") as f:
             digest = weights_sha256(f)
         raw = {

@@ -19,6 +19,7 @@ from hddm_core.diffusion.conversion import ExpertDeclaration
 from hddm_core.diffusion.objectives import get_objective
 from hddm_core.diffusion.schedules import get_schedule
 from hddm_core.diffusion.time_inputs import check_time_input
+from hddm_core.checkpoints.limits import bound_errors, parameter_count
 from hddm_core.models.dit import build_expert_model
 from hddm_core.models.presets import DiTConfig, RouterConfig
 from hddm_core.models.router import build_router
@@ -27,6 +28,7 @@ FORMAT_VERSION = 1
 ALLOWED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # safetensors tag -> dtype
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}  # the manifest's dtype
 LATENT_SPACES = ("pixel", "sd-vae")  # pixels in [-1, 1] | Stable Diffusion VAE latents (x scale)
+SCHEMA_CODES = ("config-bounds", "num-parameters")  # schema errors with their own reason code (prefix "code: ")
 _OPTIONAL = "optional"  # field metadata: the JSON may leave the field out (its default applies)
 
 
@@ -145,6 +147,11 @@ def schema_errors(raw: Any, kind: Kind) -> list[str]:
     except (ValueError, TypeError) as exc:
         config = None
         errors.append(f"config: {exc}")
+    if config is not None:  # bounded before anything is built from it; then the parameter count by formula
+        errors += [f"config-bounds: {e}" for e in bound_errors(config)]
+        if not errors and raw["num_parameters"] != parameter_count(config):
+            errors.append(f"num-parameters: num_parameters {raw['num_parameters']} disagrees with the config's "
+                          f"{parameter_count(config)}")
     if raw["latent_space"] not in LATENT_SPACES:
         errors.append(f"latent_space {raw['latent_space']!r} is not one of {list(LATENT_SPACES)}")
     if not raw["latent_scale"] > 0:

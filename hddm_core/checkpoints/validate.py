@@ -1,30 +1,28 @@
 """Validating a checkpoint without unpickling: locate it, check the manifest, the safetensors header, sha256, finiteness.
 
-The safetensors header is parsed as plain JSON and checked against the declared architecture (names,
-shapes, dtypes, byte ranges) before any tensor is read; then the sha256, the size limits and
-finiteness are checked. Every problem is a failed Check; only pickles (PickleRefused) and missing
-files (FileNotFoundError) raise. With keep_bytes the manifest and weights are read once into memory
+The manifest is read capped and strict, its architecture bounded (limits); the weights are checked in
+weights_checks (size by formula, header, dtypes, shapes, sha256) before any tensor is read; then
+finiteness. Every problem is a failed Check with a reason code, including running past the
+wall-clock budget; only pickles (PickleRefused) and missing files (FileNotFoundError) raise. With keep_bytes the manifest and weights are read once into memory
 and every check runs on those bytes, so a caller can store exactly what was validated.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import struct
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import torch
 
-from hddm_core.checkpoints.errors import Check, CheckpointError, PickleRefused
-from hddm_core.checkpoints.manifest import ALLOWED_DTYPES, BY_FORMAT, DTYPE_NAMES, KINDS, Kind, schema_errors
-from hddm_core.checkpoints.pickle_guard import refuse_pickle_bytes, refuse_pickle_name
+from hddm_core.checkpoints.errors import Check, PickleRefused
+from hddm_core.checkpoints.manifest import BY_FORMAT, KINDS, SCHEMA_CODES, Kind, schema_errors
+from hddm_core.checkpoints.pickle_guard import refuse_pickle_name
+from hddm_core.checkpoints.weights_checks import Deadline, OverBudget, weights_checks, weights_sha256  # noqa: F401 (io)
 from hddm_core.storage import loads_strict, ArtifactStore
 
 DEFAULT_MAX_WEIGHT_BYTES = 8 << 30  # XL/2 in fp32 is 2.4 GB
-MAX_HEADER_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = 1 << 20  # a manifest is ~2 KB
+DEFAULT_TIME_BUDGET_S = 60.0  # one validation, wall clock (XL/2 fp32: ~5 s to hash and load on one core)
 
 
 @dataclass(frozen=True)
@@ -46,14 +44,6 @@ class Validation:
     kind: Kind | None
     tensors: dict[str, torch.Tensor] | None = None
     files: ValidatedFiles | None = None
-
-
-def weights_sha256(f: BinaryIO) -> str:
-    """sha256 hex digest of a weights file object, read in 8 MiB blocks (the one place weights are hashed)."""
-    h = hashlib.sha256()
-    while block := f.read(8 << 20):
-        h.update(block)
-    return h.hexdigest()
 
 
 # -- locating a checkpoint ------------------------------------------------------------------------
@@ -90,82 +80,6 @@ def locate(location: str, kind_name: str | None) -> tuple[ArtifactStore, str, Ki
     return store, name, kind
 
 
-# -- weights file checks (no unpickling, no tensor parsing before the header is checked) ---------------
-def read_header(f: BinaryIO, uri: str, size: int) -> dict:
-    """The safetensors header of an open weights file, checked for pickle magic and consistent byte ranges."""
-    head = f.read(8)
-    refuse_pickle_bytes(head, uri)
-    if len(head) < 8:
-        raise CheckpointError(f"{uri} is too short to be safetensors ({size} bytes)")
-    (n,) = struct.unpack("<Q", head)
-    if n > MAX_HEADER_BYTES or n + 8 > size:
-        raise CheckpointError(f"safetensors header length {n} is implausible for a {size}-byte file")
-    raw = f.read(n)
-    if not raw.startswith(b"{"):
-        raise CheckpointError(f"{uri} is not a safetensors file (header is not a JSON object)")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{uri}: unreadable safetensors header ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{uri}: safetensors header is not an object")
-    header.pop("__metadata__", None)
-    end = 0
-    for name, info in header.items():
-        if not (isinstance(info, dict) and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list)):
-            raise CheckpointError(f"{uri}: malformed header entry {name!r}")
-        end = max(end, int(info["data_offsets"][1]))
-    if 8 + n + end != size:
-        raise CheckpointError(f"{uri}: header byte ranges end at {8 + n + end}, file has {size} bytes")
-    return header
-
-
-def _expected_shapes(kind: Kind, config) -> dict[str, tuple]:
-    with torch.device("meta"):
-        model = kind.build(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _open_weights(store: ArtifactStore, key: str, data: bytes | None):
-    return io.BytesIO(data) if data is not None else store.fs.open(store.path(key), "rb")
-
-
-def _weights_checks(store: ArtifactStore, manifest, kind: Kind, max_bytes: int, check_hash: bool,
-                    data: bytes | None) -> list[Check]:
-    """Size, header, shapes, dtypes and sha256 of the weights (`data` when the bytes are already read)."""
-    checks: list[Check] = []
-    key = manifest.weights_file
-    size = len(data) if data is not None else store.size(key)
-    size_ok = size == manifest.weights_bytes and size <= max_bytes
-    checks.append(Check("size", size_ok, f"{size} bytes (manifest {manifest.weights_bytes}, limit {max_bytes})"))
-    if not size_ok:
-        return checks
-    try:
-        with _open_weights(store, key, data) as f:
-            header = read_header(f, store.uri(key), size)
-    except PickleRefused:
-        raise
-    except CheckpointError as exc:
-        return checks + [Check("safetensors-header", False, str(exc))]
-    checks.append(Check("not-pickle", True, "safetensors magic: 8-byte length + JSON header"))
-    expected = _expected_shapes(kind, kind.config_cls.from_dict(manifest.config))
-    found = {k: tuple(v["shape"]) for k, v in header.items()}
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    wrong = [f"{k}: {found[k]} != {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
-    checks.append(Check("shapes", not (missing or unexpected or wrong),
-                        f"{len(found)} tensors vs config" + (f"; missing {missing[:4]}" if missing else "")
-                        + (f"; unexpected {unexpected[:4]}" if unexpected else "") + (f"; {wrong[:3]}" if wrong else "")))
-    dtypes = {v["dtype"] for v in header.values()}
-    dtype_ok = dtypes <= set(ALLOWED_DTYPES) and {DTYPE_NAMES[ALLOWED_DTYPES[d]] for d in dtypes} == {manifest.dtype}
-    checks.append(Check("dtypes", dtype_ok, f"{sorted(dtypes)} (manifest {manifest.dtype})"))
-    if check_hash:
-        with _open_weights(store, key, data) as f:
-            digest = weights_sha256(f)
-        checks.append(Check("sha256", digest == manifest.weights_sha256, f"{digest[:16]}... (manifest "
-                                                                           f"{manifest.weights_sha256[:16]}...)"))
-    return checks
-
-
 def _load_tensors(store: ArtifactStore, key: str, data: bytes | None) -> dict[str, torch.Tensor]:
     import safetensors.torch
 
@@ -180,46 +94,93 @@ def _finite_check(tensors: dict[str, torch.Tensor]) -> Check:
     return Check("finite", not bad, "all values finite" if not bad else f"NaN/Inf in {bad[:5]}")
 
 
-def run_validation(location, kind_name: str | None, max_bytes: int, check_hash: bool, check_finite: bool,
-                   keep_bytes: bool = False) -> Validation:
-    """One validation pass. Raises only for missing files and pickles; every other problem is a failed Check."""
-    store, name, kind = locate(location, kind_name)
-    size = store.size(name)
-    if size > MAX_HEADER_BYTES:
-        return Validation([Check("schema", False, f"manifest is {size} bytes (limit {MAX_HEADER_BYTES})")], None, store, kind)
-    manifest_bytes = store.read_bytes(name)
+def _schema_check(errors: list[str]) -> Check:
+    """One failed schema Check; its code is the first error's own code when it has one (config bounds)."""
+    code = next((e.split(":", 1)[0] for e in errors if e.split(":", 1)[0] in SCHEMA_CODES), "schema")
+    return Check("schema", False, "; ".join(errors), code)
+
+
+def _manifest(store: ArtifactStore, name: str, kind: Kind | None, v: Validation) -> bytes | None:
+    """The manifest's bytes read once (a regular file, capped), parsed and checked into v; None on failure."""
+    try:
+        manifest_bytes = store.read_bytes(name, MAX_MANIFEST_BYTES)
+    except ValueError as exc:  # not a regular file (FIFO, device), or over the cap
+        v.checks.append(Check("schema", False, str(exc), "manifest-unreadable"))
+        return None
     try:
         raw = loads_strict(manifest_bytes.decode("utf-8"))  # NaN, Infinity and out-of-int64 numbers refused
-    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError and the store's strict-JSON refusals
-        return Validation([Check("schema", False, f"{store.uri(name)} is not JSON: {exc}")], None, store, kind)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, strict-JSON refusals
+        v.checks.append(Check("schema", False, f"{store.uri(name)} is not JSON: {str(exc)[:200]}", "manifest-not-json"))
+        return None
     if kind is None:
-        kind = BY_FORMAT.get(raw.get("format")) if isinstance(raw, dict) else None
+        kind = v.kind = BY_FORMAT.get(raw.get("format")) if isinstance(raw, dict) else None
         if kind is None:
             fmt = raw.get("format") if isinstance(raw, dict) else None
-            return Validation([Check("schema", False, f"unknown format {fmt!r}; valid: {sorted(BY_FORMAT)}")], None, store, None)
+            v.checks.append(Check("schema", False, f"unknown format {fmt!r:.60}; valid: {sorted(BY_FORMAT)}", "format"))
+            return None
     errors = schema_errors(raw, kind)
     if errors:
-        return Validation([Check("schema", False, "; ".join(errors))], None, store, kind)
-    manifest = kind.manifest_cls(**raw)
-    checks = [Check("schema", True, f"{manifest.format} v{manifest.format_version}")]
+        v.checks.append(_schema_check(errors))
+        return None
+    v.manifest = kind.manifest_cls(**raw)
+    v.checks.append(Check("schema", True, f"{v.manifest.format} v{v.manifest.format_version}"))
+    return manifest_bytes
+
+
+def _run(v: Validation, name: str, max_bytes: int, check_hash: bool, check_finite: bool, keep_bytes: bool,
+         deadline: Deadline) -> None:
+    store = v.store
+    manifest_bytes = _manifest(store, name, v.kind, v)
+    if manifest_bytes is None:
+        return
+    manifest, kind = v.manifest, v.kind
+    deadline.check("schema")
     if not store.exists(manifest.weights_file):
-        return Validation(checks + [Check("weights-present", False, f"{store.uri(manifest.weights_file)} is missing")],
-                          manifest, store, kind)
+        v.checks.append(Check("weights-present", False, f"{store.uri(manifest.weights_file)} is missing"))
+        return
     data = None
     if keep_bytes and store.size(manifest.weights_file) <= max_bytes:  # read once; every check below uses these bytes
-        data = store.read_bytes(manifest.weights_file)
-    checks += _weights_checks(store, manifest, kind, max_bytes, check_hash, data)
-    result = Validation(checks, manifest, store, kind)
-    if check_finite and all(c.ok for c in checks):
-        result.tensors = _load_tensors(store, manifest.weights_file, data)
-        checks.append(_finite_check(result.tensors))
+        try:
+            data = store.read_bytes(manifest.weights_file, max_bytes)
+        except ValueError as exc:  # not a regular file, or grew past the cap
+            v.checks.append(Check("size", False, str(exc), "weights-unreadable"))
+            return
+    config = kind.config_cls.from_dict(manifest.config)
+    v.checks += weights_checks(store, manifest, kind, config, max_bytes, check_hash, data, deadline)
+    if check_finite and all(c.ok for c in v.checks):
+        deadline.check("sha256")
+        try:
+            v.tensors = _load_tensors(store, manifest.weights_file, data)
+        except Exception as exc:  # noqa: BLE001 - the file changed after its checks, or the library refused it
+            v.checks.append(Check("finite", False, f"tensors unreadable: {type(exc).__name__}: {str(exc)[:200]}",
+                                  "tensors-unreadable"))
+            return
+        deadline.check("load")
+        v.checks.append(_finite_check(v.tensors))
     if data is not None:
-        result.files = ValidatedFiles(name, manifest_bytes, data)
-    return result
+        v.files = ValidatedFiles(name, manifest_bytes, data)
+
+
+def run_validation(location, kind_name: str | None, max_bytes: int, check_hash: bool, check_finite: bool,
+                   keep_bytes: bool = False, time_budget_s: float | None = None) -> Validation:
+    """One validation pass. Raises only for missing files and pickles; every other problem is a failed
+    Check, including running past the wall-clock budget (time_budget_s, DEFAULT_TIME_BUDGET_S by default,
+    checked between steps and on every 8 MiB hashed)."""
+    budget = DEFAULT_TIME_BUDGET_S if time_budget_s is None else float(time_budget_s)
+    deadline = Deadline(budget)
+    store, name, kind = locate(location, kind_name)
+    v = Validation([], None, store, kind)
+    try:
+        _run(v, name, max_bytes, check_hash, check_finite, keep_bytes, deadline)
+    except OverBudget as exc:
+        v.tensors = v.files = None
+        v.checks.append(Check("time-budget", False, f"validation ran past its {budget:g} s budget (during {exc})"))
+    return v
 
 
 def validate_checkpoint(location, *, kind: str | None = None, max_bytes: int = DEFAULT_MAX_WEIGHT_BYTES,
-                        check_hash: bool = True, check_finite: bool = True) -> list[Check]:
+                        check_hash: bool = True, check_finite: bool = True,
+                        time_budget_s: float | None = None) -> list[Check]:
     """Every check on an expert or router checkpoint (folder, manifest or weights path / URL).
 
     Raises PickleRefused for pickle files (nothing is read past the magic bytes) and
@@ -227,7 +188,7 @@ def validate_checkpoint(location, *, kind: str | None = None, max_bytes: int = D
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; valid: {sorted(KINDS)}")
-    return run_validation(location, kind, max_bytes, check_hash, check_finite).checks
+    return run_validation(location, kind, max_bytes, check_hash, check_finite, time_budget_s=time_budget_s).checks
 
 
 def validate_expert(location, **kwargs) -> list[Check]:

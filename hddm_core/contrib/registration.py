@@ -13,6 +13,7 @@ import logging
 import torch
 
 from hddm_core.checkpoints import CheckpointError, LoadedExpert, PickleRefused, load_expert
+from hddm_core.contrib.name_lock import NameBusy, name_lock  # noqa: F401 - NameBusy re-exported
 from hddm_core.pipeline.params import check_key_name, check_prefix
 from hddm_core.storage import ArtifactStore
 from hddm_core.diffusion.time_inputs import network_time
@@ -52,11 +53,20 @@ def _vet_for_registry(source: str) -> tuple[LoadedExpert, list[str]]:
     return loaded, [str(c) for c in loaded.checks] + [f"[OK] smoke-forward: {smoke}"]
 
 
-def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name: str, *, vetted=None) -> dict:
+class NameTaken(ValueError):
+    """The expert name already holds a different expert (and replacing was not asked for)."""
+
+
+def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name: str, *, vetted=None,
+                    replace: bool = True) -> dict:
     """Validate `source` (folder or URL with expert.json) and copy it to store/experts_prefix/name.
 
     vetted: a passed hddm_core.contrib.compatibility.Vetting of `source` loaded with keep_bytes=True;
-    its checks stand and its bytes are stored (no second read, hash or smoke forward)."""
+    its checks stand and its bytes are stored (no second read, hash or smoke forward).
+    replace: whether a name holding different weights may be overwritten (the register stage: yes;
+    a contributor's submission: no, NameTaken). The comparison and the publication run under the
+    name's registration lock (name_lock), so of two registrations racing on one name exactly one
+    publishes and the other raises NameBusy or NameTaken."""
     check_prefix(experts_prefix, "experts_prefix")
     check_key_name(name, "expert name")
     if vetted is None:
@@ -73,18 +83,23 @@ def register_expert(store: ArtifactStore, source: str, experts_prefix: str, name
     dest = store.child(prefix)
     result = {"uri": dest.root, "prefix": prefix, "weights_sha256": manifest.weights_sha256, "checks": summary,
               "cluster_id": manifest.cluster_id, "objective": manifest.objective, "already_registered": False}
-    if dest.exists(MANIFEST) and dest.read_json(MANIFEST).get("weights_sha256") == manifest.weights_sha256 \
-            and dest.exists(manifest.weights_file):
-        result["already_registered"] = True
-        log.info("expert %s already registered at %s", manifest.weights_sha256[:12], dest.root)
-        return result
-    previous = dest.read_json(MANIFEST).get("weights_file") if dest.exists(MANIFEST) else None
-    dest.write_bytes(manifest.weights_file, files.weights)  # weights first: the bytes validated
-    landed = dest.size(manifest.weights_file)  # the bytes were validated; only a short write is left to catch
-    if landed != len(files.weights):
-        raise RuntimeError(f"stored copy at {dest.root} has {landed} weight bytes, {len(files.weights)} were written")
-    dest.write_bytes(MANIFEST, files.manifest)  # manifest last: now the new pair is visible
-    if previous and previous != manifest.weights_file and "/" not in previous:
-        dest.delete(previous)
+    with name_lock(store, prefix):
+        held = dest.read_json(MANIFEST) if dest.exists(MANIFEST) else {}
+        held = held if isinstance(held, dict) else {"weights_sha256": None}  # unreadable: a different expert
+        if held.get("weights_sha256") == manifest.weights_sha256 and dest.exists(manifest.weights_file):
+            result["already_registered"] = True
+            log.info("expert %s already registered at %s", manifest.weights_sha256[:12], dest.root)
+            return result
+        if held and not replace:
+            raise NameTaken(f"refused: {dest.root} already holds a different expert "
+                            f"({str(held.get('weights_sha256'))[:12]}...); choose another name")
+        previous = held.get("weights_file")
+        dest.write_bytes(manifest.weights_file, files.weights)  # weights first: the bytes validated
+        landed = dest.size(manifest.weights_file)  # the bytes were validated; only a short write is left to catch
+        if landed != len(files.weights):
+            raise RuntimeError(f"stored copy at {dest.root} has {landed} weight bytes, {len(files.weights)} were written")
+        dest.write_bytes(MANIFEST, files.manifest)  # manifest last: now the new pair is visible
+        if isinstance(previous, str) and previous != manifest.weights_file and "/" not in previous:
+            dest.delete(previous)
     log.info("registered expert %s (cluster %s, %s) at %s", name, manifest.cluster_id, manifest.objective, dest.root)
     return result

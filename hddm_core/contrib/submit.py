@@ -65,9 +65,13 @@ def submit_expert(expert_location: str, clustering_dir: str, *, name: str, clust
     if store_fn is not None:
         uri = store_fn(expert_location, run_url, name)
     else:  # the register-expert stage's own code path: weights first, manifest last (checks already run)
-        from hddm_core.contrib.registration import register_expert
+        from hddm_core.contrib.registration import NameBusy, NameTaken, register_expert
 
-        uri = register_expert(run, expert_location, card["layout"]["experts"], name, vetted=vetting)["uri"]
+        try:  # under the name's lock: of two submissions racing on one name, one lands, the other is refused
+            uri = register_expert(run, expert_location, card["layout"]["experts"], name, vetted=vetting,
+                                  replace=False)["uri"]
+        except (NameBusy, NameTaken) as exc:
+            raise ContributionRefused(str(exc) if str(exc).startswith("refused") else f"refused: {exc}", checks) from None
     return {"uri": uri, "name": name, "key": key, "cluster_id": manifest.cluster_id, "objective": manifest.objective,
             "weights_sha256": manifest.weights_sha256, "clustering_version": manifest.clustering_version,
             "checks": [str(c) for c in checks]}

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-import hddm_core.checkpoints.validate as validate_mod
+import hddm_core.checkpoints.weights_checks as validate_mod  # where the one weights hash lives
 import hddm_core.contrib.registration as registration_mod
 from hddm_core.checkpoints import load_expert, save_expert
 from hddm_core.contrib import CARD_NAME, CENTROIDS_NAME, register_expert, submit_expert, vet_expert

@@ -158,14 +158,23 @@ def test_tampered_bytes_fail_the_hash(saved):
     assert any(c.name == "sha256" and not c.ok for c in err.value.checks)
 
 
-def test_weights_that_do_not_fit_the_config_fail_shapes(saved):
-    uri, _ = saved
+def test_weights_that_do_not_fit_the_config_fail_shapes(saved, tmp_path):
+    uri, model = saved
     raw = json.load(open(_manifest_path(uri)))
-    _edit_manifest(uri, config={**raw["config"], "depth": 3})
-    assert _failed(validate_expert(uri)) == {"shapes"}
-    _edit_manifest(uri, config={**raw["config"], "text_dim": 512}, text_dim=512)
-    assert "blocks.0.cross_attn" not in str(validate_expert(uri))  # only the caption projection differs
-    assert _failed(validate_expert(uri)) == {"shapes"}
+    _edit_manifest(uri, config={**raw["config"], "depth": 3})  # the count by formula no longer matches
+    checks = validate_expert(uri)
+    assert _failed(checks) == {"schema"} and [c.code for c in checks] == ["num-parameters"]
+    bigger = build_expert_model(expert_config("tiny-16", depth=3))
+    _edit_manifest(uri, num_parameters=sum(p.numel() for p in bigger.parameters()))
+    checks = validate_expert(uri)  # the header's data section is one block short of what the config needs
+    assert _failed(checks) == {"data-size"} and {c.code for c in checks if not c.ok} == {"size-vs-config"}
+    _edit_manifest(uri, config=raw["config"], num_parameters=raw["num_parameters"])
+    state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    state["blocks.0.mlp.fc1.weight"] = state["blocks.0.mlp.fc1.weight"].T.contiguous()  # same bytes, wrong shape
+    save_file(state, str(tmp_path / "t.safetensors"))
+    _replace_weights(uri, open(tmp_path / "t.safetensors", "rb").read())
+    checks = validate_expert(uri)
+    assert _failed(checks) == {"shapes"} and "blocks.0.mlp.fc1.weight" in str(checks)
 
 
 def test_non_finite_weights_are_refused(saved, tmp_path):
