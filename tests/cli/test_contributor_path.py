@@ -22,7 +22,7 @@ import pytest
 from hddm_cli.main import main
 from tests.cli.docs_blocks import named_block
 
-# Minutes of CPU (a published run, two contributors, an evaluation); 25 min measured on 2 cores shared
+# Minutes of CPU (a published run, two contributors, an evaluation); 12-15 min measured on 2 cores shared
 # with other work, so the budget is above the suite default of 15 min.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 BIN = os.path.dirname(sys.executable)
