@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from hddm_core.diffusion.objectives import FLOW_MATCHING
+from hddm_core.models.presets import DIT_B_2
 from hddm_core.pipeline.confidence import (HIGHER, LOWER, bootstrap_draws, direction, interval,
                                            paired_difference)
 
@@ -165,7 +166,7 @@ def _grids(m, out_dir) -> list[tuple[str, str]]:
 
 FULL_SIZE = ("hddmp study --clusters 4 --expert-steps 3000 --router-steps 1000 --emoji 1024 --resolution 32 "
              "--prompts-per-cluster 8 --pair-prompts 24 --images-per-prompt 6 --sample-steps 50")
-GPU_RECIPE = ("hddmp study --clusters 8 --latent-space sd-vae --resolution 256 --architecture DiT-B/2 "
+GPU_RECIPE = (f"hddmp study --clusters 8 --latent-space sd-vae --resolution 256 --architecture {DIT_B_2} "
               "--expert-steps 50000 --router-steps 20000 --emoji 4000 --prompts-per-cluster 25 --pair-prompts 100 "
               "--images-per-prompt 10 --sample-steps 50 --cfg-scale 7.5 --fd-dims 64 --reference-images 2000 "
               "--out artifacts/study-gpu --docs docs/results-gpu")
@@ -209,7 +210,9 @@ def write_results(docs_dir: str, cfg, cs, m, *, command: str, wall_seconds: floa
           "uses the same prompts and seeds.",
           f"- Quality: FD-proj{m.fd_dims} = Frechet distance of Inception-v3 pool features projected to "
           f"{m.fd_dims} dimensions against {cfg.reference_images} real images of the set's clusters (not FID). "
-          f"Diversity: {m.diversity_name} within each prompt's images.",
+          f"Diversity: {m.diversity_name} within each prompt's images. Pixel-RMS diversity also rises with "
+          "noise: an undertrained or unstable variant (many safeguard activations, a noisy grid) scores as "
+          "'more diverse', so read the diversity rows together with the FD rows and the grids.",
           f"- Intervals: 95% percentile bootstrap over prompts ({cfg.bootstrap} draws, seed {cfg.seed}), paired "
           "across variants (the same draws); the x0-error rows bootstrap over real latents. A direction is "
           "'reproduced' when the interval of the difference A - B lies wholly on the paper's side of zero, "
