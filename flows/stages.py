@@ -8,7 +8,8 @@ from prefect import flow
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import (ClusterParams, DownloadParams, EmbedParams, EvaluateParams, PrepareParams,
-                              RecaptionParams, RegisterExpertParams, TrainExpertParams, TrainRouterParams)
+                              RecaptionParams, RegisterExpertParams, TrainExpertParams, TrainHomogeneousParams,
+                              TrainMonolithParams, TrainRouterParams)
 from hddm_core.pipeline.stages import StageRef
 from hddm_flows.dask_runner import on_dask
 from hddm_tasks import data, experts, training
@@ -42,6 +43,16 @@ def prepare_cluster_data(params: PrepareParams = PrepareParams()) -> StageRef:
 @flow(name="train-expert", log_prints=True)
 def train_expert(params: TrainExpertParams = TrainExpertParams()) -> StageRef:
     return training.train_expert(params)
+
+
+@flow(name="train-monolith", log_prints=True)
+def train_monolith(params: TrainMonolithParams = TrainMonolithParams()) -> StageRef:
+    return training.train_monolith(params)
+
+
+@flow(name="train-homogeneous", log_prints=True)
+def train_homogeneous(params: TrainHomogeneousParams = TrainHomogeneousParams()) -> StageRef:
+    return training.train_homogeneous(params)
 
 
 @flow(name="train-router", log_prints=True)

@@ -84,14 +84,43 @@ def _sample(args) -> int:
 
 
 def _study(args) -> int:
+    if args.closed_form:
+        return _closed_form_study(args)
+    import shlex
+    import sys
+
+    from hddm_core.pipeline.study_trained import TrainedStudyConfig, run_trained_study
+
+    torch_threads()
+    cfg = TrainedStudyConfig(
+        artifact_root=args.out or "artifacts/study-trained", clusters=args.clusters, expert_steps=args.expert_steps,
+        router_steps=args.router_steps, emoji=args.emoji, resolution=args.resolution,
+        prompts_per_cluster=args.prompts_per_cluster, pair_prompts=args.pair_prompts,
+        images_per_prompt=args.images_per_prompt, sample_steps=args.sample_steps, cfg_scale=args.cfg_scale,
+        fd_dims=args.fd_dims, reference_images=args.reference_images, bootstrap=args.bootstrap, seed=args.seed,
+        architecture=args.architecture, latent_space=args.latent_space,
+        **({"taus": tuple(args.taus)} if args.taus else {}))
+    command = "hddmp " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "hddmp study"
+    print(f"results: {run_trained_study(cfg, args.docs, command)}")
+    return 0
+
+
+def torch_threads() -> None:
+    """Tiny models gain nothing from intra-op threads on a shared CPU (flows/demo.py measured why)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("HDDM_TORCH_THREADS", "1")))
+
+
+def _closed_form_study(args) -> int:
     from hddm_core.pipeline.report import write_report
     from hddm_core.pipeline.study import gaussian_study_inputs, print_table, run_study
 
-    if args.seeds < 16 or args.steps < 1:
-        raise ValueError(f"--seeds must be >= 16 and --steps >= 1, got {args.seeds} and {args.steps}")
-    results = run_study(gaussian_study_inputs(), range(args.seeds), steps=args.steps, progress=True)
+    if args.seeds < 16 or args.sample_steps < 1:
+        raise ValueError(f"--seeds must be >= 16 and --sample-steps >= 1, got {args.seeds} and {args.sample_steps}")
+    results = run_study(gaussian_study_inputs(), range(args.seeds), steps=args.sample_steps, progress=True)
     print_table(results)
-    print(f"report: {write_report(args.out, results)}")
+    print(f"report: {write_report(args.out or 'artifacts/study', results)}")
     return 0
 
 
@@ -178,11 +207,37 @@ def add_local_parsers(sub) -> None:
                             description=SampleParams.__doc__)
     sample.set_defaults(func=_sample, specs=add_model_options(sample, SampleParams))
 
-    study = sub.add_parser("study", help="the paper's comparisons (heterogeneous vs homogeneous, routing modes, "
-                                         "threshold sweep) on a Gaussian mixture with exact experts")
-    study.add_argument("--out", default="artifacts/study", help="report folder [default: %(default)s]")
-    study.add_argument("--seeds", type=int, default=512, help="samples per variant [default: %(default)s]")
-    study.add_argument("--steps", type=int, default=50, help="Euler steps [default: %(default)s]")
+    study = sub.add_parser(
+        "study", help="the paper's comparisons on trained experts (baselines, routing, tau sweep, conversion) -> "
+                      "docs/results.md; --closed-form: the Gaussian-mixture check with exact experts",
+        description="Default: train (or reuse) a heterogeneous ensemble, the homogeneous all-FM and monolith "
+                    "baselines and a router on the embedded data, evaluate every comparison on identical prompts "
+                    "and seeds with bootstrap intervals, and write --docs/results.md with the paper's rows "
+                    "(a benchmark: minutes to hours). --closed-form: the closed-form check instead - ideal experts "
+                    "on a 2-D Gaussian mixture with the exact router (tests routing/conversion/integration only; "
+                    "no training error exists there).")
+    study.add_argument("--closed-form", action="store_true",
+                       help="run the Gaussian-mixture closed-form check (exact experts), not the trained study")
+    study.add_argument("--out", default=None, help="artifact root (trained) or report folder (--closed-form) "
+                                                   "[default: artifacts/study-trained or artifacts/study]")
+    study.add_argument("--docs", default="docs", help="where results.md and results/ are written [default: %(default)s]")
+    study.add_argument("--seeds", type=int, default=512, help="--closed-form: samples per variant [default: %(default)s]")
+    study.add_argument("--sample-steps", "--steps", type=int, default=30, help="Euler steps [default: %(default)s]")
+    for flag, default, what in (("--clusters", 4, "K clusters = experts"), ("--expert-steps", 1000, "steps per expert"),
+                                ("--router-steps", 400, "router steps"), ("--emoji", 256, "embedded emoji"),
+                                ("--resolution", 16, "image resolution fed to the latent space"),
+                                ("--prompts-per-cluster", 4, "prompts per cluster (all-cluster set)"),
+                                ("--pair-prompts", 12, "cluster-0 prompts (the DDPM/FM pair)"),
+                                ("--images-per-prompt", 4, "seeds per prompt"), ("--fd-dims", 16, "FD projection width"),
+                                ("--reference-images", 64, "real images per reference"),
+                                ("--bootstrap", 1000, "bootstrap draws"), ("--seed", 0, "first seed")):
+        study.add_argument(flag, type=int, default=default, help=f"{what} [default: %(default)s]")
+    study.add_argument("--taus", type=float, nargs="+", default=None,
+                       help="threshold sweep [default: 0.1 0.2 ... 0.9]")
+    study.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale [default: %(default)s]")
+    study.add_argument("--architecture", default=None, help="expert/router preset [default: tiny-16 or tiny by size]")
+    study.add_argument("--latent-space", choices=["pixel", "sd-vae"], default="pixel",
+                       help="latent space [default: %(default)s]")
     study.set_defaults(func=_study)
 
     up = sub.add_parser("up", help="start a local Prefect server on 127.0.0.1, pools, deployments and workers",

@@ -5,7 +5,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from hddm_core.pipeline import stages
-from hddm_core.pipeline.params import TrainExpertParams, TrainRouterParams
+from hddm_core.pipeline.params import TrainExpertParams, TrainHomogeneousParams, TrainMonolithParams, TrainRouterParams
 from hddm_core.pipeline.stages import StageRef
 
 from .common import RETRY_DELAYS, Progress, cache_key, retry_transient
@@ -33,3 +33,17 @@ def train_router(params: TrainRouterParams) -> StageRef:
                           key="router-accuracy", description="router accuracy per noise level (training samples, fresh noise)")
     create_link_artifact(ref.extra["evaluation_png"], link_text="router evaluation (PNG)", key="router-evaluation")
     return ref
+
+
+@task(name="train-monolith", cache_key_fn=cache_key("train-monolith"), timeout_seconds=7 * 24 * 3600,
+      tags=["hddm-gpu"], **_COMMON)
+def train_monolith(params: TrainMonolithParams) -> StageRef:
+    """The monolith baseline (baselines.py); resumes from its latest checkpoint like train-expert."""
+    return stages.STAGES["train-monolith"](params, progress=Progress("train-monolith", "monolith baseline"))
+
+
+@task(name="train-homogeneous", cache_key_fn=cache_key("train-homogeneous"), timeout_seconds=7 * 24 * 3600,
+      tags=["hddm-gpu"], **_COMMON)
+def train_homogeneous(params: TrainHomogeneousParams) -> StageRef:
+    """The homogeneous (one-objective) baseline ensemble (baselines.py)."""
+    return stages.STAGES["train-homogeneous"](params, progress=Progress("train-homogeneous", "homogeneous baseline"))

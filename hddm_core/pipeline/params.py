@@ -73,6 +73,31 @@ class TrainExpertParams(StageParams):
         return self
 
 
+class TrainMonolithParams(TrainExpertParams):
+    """The monolith baseline: one model on every cluster with the K experts' total compute (K x
+    training.steps at the same batch size). cluster_id is ignored (recorded as 0 in its manifest)."""
+
+    objective: Objective = Field(FLOW_MATCHING, description="The monolith's objective (paper: flow matching).")
+
+
+class TrainHomogeneousParams(StageParams):
+    """The homogeneous baseline: one expert per cluster, all with the same objective (flow matching),
+    trained by the train-expert runner (an identical expert of the heterogeneous run is reused)."""
+
+    objective: Objective = Field(FLOW_MATCHING, description="Every expert's objective (paper: flow matching).")
+    training: TrainingParams = Field(default_factory=TrainingParams)
+    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
+    prepare_prefix: str = "prepare"
+    runs_prefix: str = Field("experts/runs", description="Training runs live under here (shared with train-expert).")
+    prefix: str = Field("baselines/homogeneous", description="Where the ensemble's manifest (its experts) is written.")
+
+    def expert_params(self, cluster_id: int) -> TrainExpertParams:
+        return TrainExpertParams(artifact_root=self.artifact_root, force=self.force, cluster_id=cluster_id,
+                                 objective=self.objective, training=self.training,
+                                 caption_dropout=self.caption_dropout, prepare_prefix=self.prepare_prefix,
+                                 runs_prefix=self.runs_prefix)
+
+
 class TrainRouterParams(StageParams):
     training: TrainingParams = Field(default_factory=lambda: TrainingParams(steps=300, lr=1e-3))
     time_sampling: Literal["uniform", "logit-normal"] = "uniform"

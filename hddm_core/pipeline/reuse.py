@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 REF_NAME = "_ref.json"
 EMBEDDED_PREFIX = "embedded"
-TRAINING_STAGES = {"train-expert": "expert.json", "train-router": "router.json"}  # stage -> exported manifest
+TRAINING_STAGES = {"train-expert": "expert.json", "train-router": "router.json",  # stage -> exported manifest
+                   "train-monolith": "expert.json"}
 Progress = Optional[Callable[[int, int], None]]  # (done, total)
 
 
@@ -81,7 +82,7 @@ def _inputs(stage: str, params: StageParams, store: ArtifactStore) -> dict:
         if params.use_recaption:
             out["captions"] = _manifest_hash(store, params.recaption_prefix, "recaption")
         return out
-    if stage in TRAINING_STAGES:
+    if stage in TRAINING_STAGES or stage == "train-homogeneous":
         return {"data": _manifest_hash(store, params.prepare_prefix, "prepare")}
     raise ValueError(f"no input rule for stage {stage!r}")
 
@@ -113,6 +114,8 @@ def ref_prefix(stage: str, params: StageParams, key: Optional[str]) -> str:
     if key is None:
         raise FileNotFoundError(f"no prepare manifest under {store_of(params).uri(params.prepare_prefix)}: "
                                 "run prepare first")
+    if stage == "train-monolith":
+        return f"{params.runs_prefix}/monolith-{params.objective}-{key[:10]}"
     return expert_run_prefix(params, key) if stage == "train-expert" else f"{params.prefix}/run-{key[:10]}"
 
 

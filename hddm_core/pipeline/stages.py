@@ -199,27 +199,38 @@ def _run_chunks(loop, total: int, chunk: int, progress: Progress):
 
 def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> StageRef:
     """Train (or resume from its latest checkpoint) one expert on one cluster; export it (EMA weights)."""
-    from hddm_core.data.cluster_data import ClusterDataset, training_inputs_info
-    from hddm_core.pipeline.expert_init import resolve_init
-    from hddm_core.training.config import ExpertTrainConfig
-    from hddm_core.training.expert_trainer import build_loop, export_expert
+    from hddm_core.data.cluster_data import ClusterDataset
 
     st = open_stage("train-expert", params)
     if st.reused:
         return st.reused
+    dataset = ClusterDataset(st.store, params.prepare_prefix, params.cluster_id)
+    return train_expert_on(st, params, dataset, progress)
+
+
+def train_expert_on(st, params: TrainExpertParams, dataset, progress: Progress = None, *, stage: str = "train-expert",
+                    training=None, extra: Optional[dict] = None) -> StageRef:
+    """The body of every expert-training stage, after open_stage: train on `dataset` (one cluster, or
+    all of them for the monolith baseline), export the EMA weights, remember the ref under `stage`.
+    training: the loop settings (default params.training; the monolith passes K times the steps)."""
+    from hddm_core.data.cluster_data import training_inputs_info
+    from hddm_core.pipeline.expert_init import resolve_init
+    from hddm_core.training.config import ExpertTrainConfig
+    from hddm_core.training.expert_trainer import build_loop, export_expert
+
+    training = training or params.training
     store, run = st.store, st.prefix
     info = training_inputs_info(store, params.prepare_prefix)
-    dataset = ClusterDataset(store, params.prepare_prefix, params.cluster_id)
-    batch = min(params.training.batch_size, len(dataset))  # a small cluster still trains (drop_last)
+    batch = min(training.batch_size, len(dataset))  # a small cluster still trains (drop_last)
     run_store = store.child(run)
     latent, text = _latent_fields(info), dict(text_encoder=info["text"]["encoder"], text_dim=int(info["text"]["width"]))
-    init = resolve_init(params.init, run_store, objective=params.objective, architecture=params.training.architecture,
+    init = resolve_init(params.init, run_store, objective=params.objective, architecture=training.architecture,
                         text_dim=text["text_dim"], manifest_fields=dict(
                             latent_space=latent["latent_space"], latent_scale=latent["latent_scale"],
                             image_resolution=latent["image_resolution"], text_encoder=text["text_encoder"],
                             data_hash=f"dit-import-for:{info['data_hash']}"))
     config = ExpertTrainConfig.from_params(
-        params.training, params, device=resolve_device(params.training.device), batch_size=batch, progress=False,
+        training, params, device=resolve_device(training.device), batch_size=batch, progress=False,
         **latent, **text, init=init, clustering_version=params.clustering_version or info.get("clustering_version"))
     loop = build_loop(config, dataset, run_store)
     result = _run_chunks(loop, config.steps, config.checkpoint_interval, progress)
@@ -228,12 +239,12 @@ def run_train_expert(params: TrainExpertParams, progress: Progress = None) -> St
                            f"{result.step}; rerun to resume from {run_store.uri('checkpoints')}")
     uri = export_expert(loop, config, run_store, data_hash=info["data_hash"])
     manifest = run_store.read_json("expert/expert.json")
-    ref = StageRef(stage="train-expert", uri=uri, prefix=f"{run}/expert", content_hash=manifest["weights_sha256"],
+    ref = StageRef(stage=stage, uri=uri, prefix=f"{run}/expert", content_hash=manifest["weights_sha256"],
                    counts={"steps": result.step, "samples": len(dataset),
                            "final_loss": result.losses[-1] if result.losses else None},
                    extra={"cluster_id": params.cluster_id, "objective": params.objective, "init": params.init,
                           "schedule": manifest["schedule"], "time_input": manifest["time_input"],
-                          "loss_curve": run_store.uri("expert/loss_curve.png")})
+                          "loss_curve": run_store.uri("expert/loss_curve.png"), **(extra or {})})
     return st.remember(ref)
 
 
@@ -310,3 +321,12 @@ def run_evaluate(params: EvaluateParams, progress: Progress = None) -> StageRef:
 STAGES = {"download": run_download, "recaption": run_recaption, "embed": run_embed, "cluster": run_cluster,
           "prepare": run_prepare, "train-expert": run_train_expert, "train-router": run_train_router,
           "register-expert": run_register_expert, "evaluate": run_evaluate}
+
+
+def _baselines() -> None:  # the baseline stages live in baselines.py (which imports this module's body)
+    from hddm_core.pipeline.baselines import HOMOGENEOUS, MONOLITH, run_train_homogeneous, run_train_monolith
+
+    STAGES.update({MONOLITH: run_train_monolith, HOMOGENEOUS: run_train_homogeneous})
+
+
+_baselines()

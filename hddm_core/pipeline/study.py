@@ -1,4 +1,9 @@
-"""The paper's comparisons at whatever scale the machine allows, on any set of experts.
+"""The closed-form check of the paper's comparisons (`hddmp study --closed-form`), on any set of experts.
+
+Not a reproduction: with gaussian_study_inputs() the experts and the router are exact, so the
+paper's effects (training error, complementary errors of eps and velocity experts) cannot appear;
+it checks routing, conversion and integration. The reproduction on trained experts is
+hddm_core.pipeline.study_trained (`hddmp study`, docs/results.md).
 
 run_study samples every variant with the same seeds (and conditioning), evaluates each with the
 caller's `evaluate(samples) -> {name: MetricResult}`, prints a table beside the paper's figures,
@@ -125,7 +130,7 @@ def run_study(inp: StudyInputs, seeds: Sequence[int], *, steps: int = 50, taus: 
     notes = [inp.scale_note or "Scale gap: this run's experts, data and sample counts are far smaller than the "
              "paper's (8 DiT-XL/2 experts on LAION, 605M parameters each, FID on tens of thousands of images); "
              "numbers are comparable across variants of this run only, never to the paper's."]
-    results = EvaluationResults("HDDM study", variants, q, d, seeds, notes, table)
+    results = EvaluationResults("HDDM closed-form check (not a reproduction)", variants, q, d, seeds, notes, table)
     print_table(results)
     return results
 

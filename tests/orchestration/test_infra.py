@@ -7,7 +7,7 @@ import yaml
 from .conftest import REPO
 
 STAGE_FLOWS = {"pipeline", "download", "recaption", "embed", "cluster", "prepare-cluster-data", "train-expert",
-               "train-router", "register-expert", "evaluate"}
+               "train-router", "register-expert", "evaluate", "train-monolith", "train-homogeneous"}
 
 
 def _config():
@@ -62,3 +62,9 @@ def test_crash_automation_spec_is_a_valid_automation():
     assert a.trigger.expect == {"prefect.flow-run.Crashed"}
     assert a.trigger.within.total_seconds() == 86400 and a.trigger.threshold == 1
     assert a.actions[0].type == "change-flow-run-state"
+
+
+def test_baseline_deployments_run_on_the_gpu_pool_like_train_expert():
+    deployments = {d["name"]: d for d in _config()["deployments"]}
+    for name in ("train-monolith", "train-homogeneous"):
+        assert deployments[name]["work_pool"]["name"] == deployments["train-expert"]["work_pool"]["name"], name
