@@ -16,7 +16,7 @@ _COMMON = dict(retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=r
 @task(name="train-expert", cache_key_fn=cache_key("train-expert"), timeout_seconds=7 * 24 * 3600, tags=["hddm-gpu"],
       **_COMMON)
 def train_expert(params: TrainExpertParams) -> StageRef:
-    """Resumes from the run's latest checkpoint when retried or rescheduled after a crash."""
+    """Resumes from the run's latest checkpoint when retried, or run again after a crash (hddm_flows.fan_out)."""
     progress = Progress(f"train-expert-cluster-{params.cluster_id}",
                         f"expert for cluster {params.cluster_id} ({params.objective})")
     ref = stages.run_train_expert(params, progress=progress)

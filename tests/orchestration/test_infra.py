@@ -51,14 +51,3 @@ def test_no_secrets_in_prefect_yaml():
     bad = [x for x in _keys_and_values(_config())
            if re.search(r"(?i)secret|password|token|api_key|aws_access|^AKIA", x) and "TOKENIZERS" not in x]
     assert bad == []
-
-
-def test_crash_automation_spec_is_a_valid_automation():
-    from prefect.automations import Automation
-
-    from hddm_infra.bootstrap import crash_automation_spec
-
-    a = Automation.model_validate(crash_automation_spec())
-    assert a.trigger.expect == {"prefect.flow-run.Crashed"}
-    assert a.trigger.within.total_seconds() == 86400 and a.trigger.threshold == 1
-    assert a.actions[0].type == "change-flow-run-state"
