@@ -142,3 +142,19 @@ class EvaluationClaim:
         self.store.write_json(f"{self.prefix}/{DONE_NAME}", {
             "flow_run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(),
             "ref": ref.model_dump(mode="json")})
+
+
+def landed_evaluation_report(artifact_root: Optional[str], expert_uri: str) -> Optional[str]:
+    """The report of the evaluation the expert-landed trigger runs for `expert_uri` (the evaluate
+    deployment's default parameters), if one finished; None when none did or it cannot be told."""
+    from hddm_core.pipeline.params import EvaluateParams
+    from hddm_core.pipeline.stages import for_landed_expert
+
+    try:
+        params = for_landed_expert(EvaluateParams(artifact_root=artifact_root or ""), expert_uri)
+        claim = EvaluationClaim(open_store(params.artifact_root), claim_key(params), "", lambda _: None)
+        done = claim.done()
+    except Exception as exc:  # best effort, for a message: a store we cannot read says nothing
+        log.debug("no evaluation record found for %s: %s", expert_uri, exc)
+        return None
+    return None if done is None else done[0].extra.get("report")
