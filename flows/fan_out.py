@@ -31,7 +31,8 @@ def run_labels(job, resubmit: int = 0) -> dict:
     return {"flow_run_name": name, "tags": ["hddm", "train-expert", f"cluster-{job.cluster_id}", job.objective]}
 
 
-def run_deployments(name: str, jobs: list, poll_s: float = POLL_S, max_resubmits: int = MAX_RESUBMITS) -> list[StageRef]:
+def run_deployments(name: str, jobs: list, poll_s: float = POLL_S,
+                    max_resubmits: int = MAX_RESUBMITS) -> list[StageRef]:
     """Start one flow run of deployment `name` per job (linked as subflows: cancelling the parent
     cancels them), resubmit a crashed one up to `max_resubmits` times, wait for all, and return each
     job's StageRef (read back from the store, where the finished stage recorded it, by recorded_expert;

@@ -43,5 +43,6 @@ def announce_registered(ref, *, artifact_root: Optional[str]) -> str:
     """For `hddmp expert register` run in-process (ref: hddm_core.pipeline.stages.run_register_expert's)."""
     root = f" --artifact-root {artifact_root}" if artifact_root else ""
     return announce(expert_uri=ref.uri, weights_sha256=ref.content_hash, prefix=ref.prefix,
-                    cluster_id=ref.extra.get("cluster_id"), objective=ref.extra.get("objective"), artifact_root=artifact_root,
+                    cluster_id=ref.extra.get("cluster_id"), objective=ref.extra.get("objective"),
+                    artifact_root=artifact_root,
                     evaluate_hint=f"Evaluate it with `hddmp evaluate{root} --experts {ref.uri}`")

@@ -13,7 +13,7 @@ from hddm_core.pipeline.params import EvaluateParams, RegisterExpertParams
 from hddm_core.pipeline.stages import StageRef
 from hddm_core.storage import open_store
 
-from .common import RETRY_DELAYS, Progress, retry_transient
+from .common import RETRY_DELAYS, Progress, artifact_key, result_key, retry_transient
 from .events import emit_landed_ref
 from .once import EvaluationClaim, claim_key
 
@@ -23,7 +23,8 @@ from .once import EvaluationClaim, claim_key
 def register_expert(params: RegisterExpertParams) -> StageRef:
     """Side effects (store writes, an event): never cached; the store copy itself is idempotent."""
     ref = stages.run_register_expert(params)
-    create_markdown_artifact("\n".join(f"- {c}" for c in ref.counts["checks"]), key="register-expert-checks",
+    create_markdown_artifact("\n".join(f"- {c}" for c in ref.counts["checks"]),
+                             key=artifact_key("register-expert-checks", params.name),
                              description=f"validation of {params.source}")
     if params.emit_event:
         emit_landed_ref(ref)  # its evaluation runs once per expert, durably: evaluate_once (tasks/once.py)
@@ -37,9 +38,10 @@ def evaluate(params: EvaluateParams) -> StageRef:
     ref = stages.run_evaluate(params, progress=Progress("evaluate", "routing modes sampled"))
     rows = [{"routing": mode, **{k: (None if v is None else round(v, 4)) for k, v in metrics.items()}}
             for mode, metrics in ref.extra["metrics"].items()]
-    create_table_artifact(rows, key="evaluation-metrics", description=f"metrics per routing mode ({ref.uri})")
+    create_table_artifact(rows, key=result_key("evaluation-metrics", ref),
+                          description=f"metrics per routing mode ({ref.uri})")
     create_link_artifact(ref.extra["report"], link_text="evaluation report (markdown, sample grids, plots)",
-                         key="evaluation-report")
+                         key=result_key("evaluation-report", ref))
     return ref
 
 
@@ -69,7 +71,7 @@ def evaluate_once(params: EvaluateParams) -> StageRef:
     if outcome.ref is not None:
         logger.info("already evaluated (by flow run %s): %s", outcome.by, outcome.ref.extra.get("report"))
         create_link_artifact(outcome.ref.extra["report"], link_text="evaluation report (already evaluated)",
-                             key="evaluation-report")
+                             key=result_key("evaluation-report", outcome.ref))
         return outcome.ref
     logger.info("claimed evaluation %s (attempt %d)", claim.prefix, outcome.attempt)
     ref = evaluate(params)

@@ -13,7 +13,8 @@ from hddm_infra.up import check_not_running
 
 def test_every_gpu_worker_takes_one_run_on_its_own_device(tmp_path, monkeypatch):
     spawned = []
-    monkeypatch.setattr(local_stack, "_spawn", lambda cmd, env, log, cwd=None: spawned.append((cmd, env)) or 100 + len(spawned))
+    monkeypatch.setattr(local_stack, "_spawn",
+                        lambda cmd, env, log, cwd=None: spawned.append((cmd, env)) or 100 + len(spawned))
     stack = LocalStack(home=str(tmp_path))
     assert stack.start_gpu_workers("hddm-gpu", ["0", "1"]) == [101, 102]
     for (cmd, env), gpu in zip(spawned, ("0", "1")):

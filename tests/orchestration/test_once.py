@@ -40,7 +40,7 @@ def test_a_finished_evaluation_is_found_by_any_later_run(tmp_path):
     later = EvaluationClaim(open_store(str(tmp_path)), "k", "run-2", run_state=lambda _: None).acquire()
     assert later.ref is not None and later.ref.reused and later.by == "run-1"
     assert later.ref.extra["report"].endswith("evaluations/abc/report.md")
-    assert [k for k in store.list(CLAIMS_PREFIX)] == [f"{CLAIMS_PREFIX}/k/attempt-0001.json", f"{CLAIMS_PREFIX}/k/done.json"]
+    assert store.list(CLAIMS_PREFIX) == [f"{CLAIMS_PREFIX}/k/attempt-0001.json", f"{CLAIMS_PREFIX}/k/done.json"]
 
 
 def test_a_dead_claimants_attempt_is_taken_over_and_deleted_outputs_are_evaluated_again(tmp_path):
