@@ -90,9 +90,14 @@ def wait_healthy(api_url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"Prefect server at {api_url} not healthy after {timeout:.0f}s (last error: {last})")
 
 
+INTERRUPT_WAIT_S = 3.0  # a Prefect worker's first SIGINT only stops it dequeueing runs; the second ends it
+
+
 def stop_pid(pid: int, grace: float = 15.0) -> None:
-    """SIGINT the process group, then SIGKILL whatever is left after `grace` seconds."""
-    for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+    """SIGINT the process group, again after INTERRUPT_WAIT_S (a Prefect worker waits for its runs on
+    the first interrupt and exits on the second: without it `down` sat out the whole grace period), then
+    SIGKILL whatever is left after `grace` seconds."""
+    for sig, wait in ((signal.SIGINT, INTERRUPT_WAIT_S), (signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

@@ -51,3 +51,24 @@ def test_a_dead_stacks_record_is_cleared(tmp_path):
     assert LocalStack.running(str(tmp_path)) is None
     check_not_running(str(tmp_path), None)
     assert not os.path.exists(os.path.join(tmp_path, "local-stack.json"))
+
+
+def test_stop_ends_a_process_that_waits_out_the_first_interrupt_like_a_prefect_worker(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from hddm_infra.local_stack import INTERRUPT_WAIT_S, stop_pid
+
+    child = ("import signal, sys, time\nn = []\n"
+             "signal.signal(signal.SIGINT, lambda *a: n.append(1) or (len(n) > 1 and sys.exit(0)))\n"
+             "open(sys.argv[1], 'w').close()\nwhile True: time.sleep(0.05)\n")
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", child, str(ready)], start_new_session=True)
+    while not ready.exists():
+        time.sleep(0.05)
+    start = time.monotonic()
+    stop_pid(proc.pid, grace=60)
+    took = time.monotonic() - start
+    assert proc.poll() == 0, "not ended by the second interrupt"
+    assert INTERRUPT_WAIT_S <= took < INTERRUPT_WAIT_S + 10, took
