@@ -55,6 +55,20 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def kill_run_process(infrastructure_pid: str | None) -> None:
+    """SIGKILL a flow run's process on this host ('hostname:pid', as a process worker records it). The
+    worker starts each run in its own session, so stopping the worker's group does not reach it."""
+    host, _, pid = str(infrastructure_pid or "").rpartition(":")
+    if not pid.isdigit() or host not in (socket.gethostname(), ""):
+        return
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(int(pid), signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -190,6 +204,8 @@ class LocalStack:
         with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
             runs = self._active_runs(client)
             for run in runs:
+                if force:
+                    kill_run_process(run.infrastructure_pid)
                 state = Cancelled(message=message) if force else Cancelling(message=message)
                 client.set_flow_run_state(run.id, state, force=True)
             deadline = time.monotonic() + (0 if force else grace)
