@@ -72,3 +72,17 @@ def test_stop_ends_a_process_that_waits_out_the_first_interrupt_like_a_prefect_w
     took = time.monotonic() - start
     assert proc.poll() == 0, "not ended by the second interrupt"
     assert INTERRUPT_WAIT_S <= took < INTERRUPT_WAIT_S + 10, took
+
+
+def test_kill_run_process_ends_a_run_on_this_host_only(tmp_path):
+    import subprocess
+    import sys
+
+    from hddm_infra.local_stack import kill_run_process
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    kill_run_process(f"another-host:{proc.pid}")
+    kill_run_process(None)
+    assert proc.poll() is None
+    kill_run_process(f"{socket.gethostname()}:{proc.pid}")
+    assert proc.wait(timeout=10) == -9
