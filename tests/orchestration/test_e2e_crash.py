@@ -37,8 +37,12 @@ def test_a_killed_training_run_is_resubmitted_and_resumes_from_its_checkpoint(tm
         s.start_worker("hddm-gpu", "crash-gpu", cwd=str(tmp_path))
         with temporary_settings({PREFECT_API_URL: s.api_url}), get_client(sync_client=True) as client:
             result = {}
-            fan = threading.Thread(target=lambda: result.update(ref=run_deployments(
-                "train-expert/train-expert", [job], poll_s=1.0)), daemon=True)
+
+            def fan_out():  # settings are context-local: a new thread needs its own
+                with temporary_settings({PREFECT_API_URL: s.api_url}):
+                    result.update(ref=run_deployments("train-expert/train-expert", [job], poll_s=1.0))
+
+            fan = threading.Thread(target=fan_out, daemon=True)
             fan.start()
             import json
 
