@@ -51,3 +51,19 @@ def test_no_secrets_in_prefect_yaml():
     bad = [x for x in _keys_and_values(_config())
            if re.search(r"(?i)secret|password|token|api_key|aws_access|^AKIA", x) and "TOKENIZERS" not in x]
     assert bad == []
+
+
+def test_stage_messages_reach_the_run_logs():
+    """Every deployment names hddm's loggers for Prefect's handlers, and the tasks layer lets INFO through
+    (Prefect leaves them at the root's WARNING)."""
+    import subprocess
+    import sys
+
+    for d in _config()["deployments"]:
+        assert "hddm_core" in d["work_pool"]["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"], d["name"]
+    code = ("import logging, prefect.logging.configuration as c; c.setup_logging(); import hddm_tasks; "
+            "print(logging.getLogger('hddm_core.training.loop').getEffectiveLevel(), "
+            "any(type(h).__name__ == 'APILogHandler' for h in logging.getLogger('hddm_core').handlers))")
+    env = {**os.environ, "PREFECT_LOGGING_EXTRA_LOGGERS": "hddm_core,hddm_tasks,hddm_flows"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["20", "True"], out.stderr[-2000:]
