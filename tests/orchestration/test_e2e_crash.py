@@ -58,9 +58,13 @@ def test_a_killed_training_run_is_resubmitted_and_resumes_from_its_checkpoint(tm
             runs = sorted(client.read_flow_runs(), key=lambda r: r.created)
             assert [r.state.type.value for r in runs] == ["CRASHED", "COMPLETED"], [(r.name, r.state) for r in runs]
             assert runs[1].name == "train-expert-cluster-0-ddpm-eps-resume-1" and "cluster-0" in runs[1].tags
-            logs = " ".join(x.message for x in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
-                any_=[runs[1].id]))))
-            assert "resumed" in logs and "at step" in logs, logs[-2000:]
+
+            def logs():  # the run's logs reach the API in batches, after its state
+                return " ".join(x.message for x in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+                    any_=[runs[1].id]))))
+
+            wait_for(lambda: "resumed" in logs(), 120, "the stage's 'resumed ... at step N' line in the run's logs")
+            assert f"at step {killed_at}" in logs() or "at step" in logs()
         ref = result["ref"][0]
         assert os.path.isfile(os.path.join(ref.uri.removeprefix("file://"), "expert.json"))
         assert json.load(open(checkpoints))["step"] == 300
