@@ -103,9 +103,12 @@ def test_a_repeat_landing_of_an_evaluated_expert_says_nothing_is_evaluated_again
     from hddm_tasks.once import EvaluationClaim, claim_key
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    code, out = _register(tmp_path, capsys)
-    assert code == 0 and "evaluates it once" in out and "already evaluated" not in out
     root = str(tmp_path / "run")
+    src = tiny_expert(tmp_path / "contrib", objective="ddpm-eps", cluster_id=2)
+    argv = ["-q", "expert", "register", "--artifact-root", root, "--source", src, "--name", "alice"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "evaluates it once" in out and "already evaluated" not in out
     uri = sent[0][1]["payload"]["expert_uri"]
     store = open_store(root)  # what the triggered evaluation recorded when it finished
     store.write_json("evaluations/e1/_manifest.json", {"stand-in": True})
@@ -113,6 +116,7 @@ def test_a_repeat_landing_of_an_evaluated_expert_says_nothing_is_evaluated_again
     EvaluationClaim(store, claim_key(params), "run-1", lambda _: None).finish(StageRef(
         stage="evaluate", uri=store.uri("evaluations/e1"), prefix="evaluations/e1", content_hash="h",
         extra={"report": store.uri("evaluations/e1/report.md")}))
-    code, out = _register(tmp_path, capsys)
-    assert code == 0 and len(sent) == 2
+    assert main(argv) == 0  # the same expert landed again
+    out = capsys.readouterr().out
+    assert len(sent) == 2
     assert "already evaluated (" + store.uri("evaluations/e1/report.md") in out and "nothing is evaluated again" in out
