@@ -67,7 +67,8 @@ def register_expert(params: RegisterExpertParams) -> StageRef:
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams = EvaluateParams(), expert_uri: Optional[str] = None) -> StageRef:
-    """expert_uri (set by the hddm.expert.landed trigger): evaluate that expert alone; else params.experts."""
-    ref = experts.evaluate(stages.for_landed_expert(params, expert_uri) if expert_uri else params)
+    """expert_uri (set by the hddm.expert.landed trigger): evaluate that expert alone; else params.experts.
+    Once per experts + config, durably (hddm_tasks.once): a repeat finishes at once with the report."""
+    ref = experts.evaluate_once(stages.for_landed_expert(params, expert_uri) if expert_uri else params)
     print(f"evaluation report: {ref.extra['report']}")
     return ref

@@ -11,23 +11,30 @@ from typing import Optional
 
 
 def announce(*, expert_uri: str, weights_sha256: str, prefix: str, cluster_id: Optional[int], objective: Optional[str],
-             evaluate_hint: str) -> str:
-    """Send hddm.expert.landed when a Prefect API is configured; a line saying what happened."""
+             evaluate_hint: str, artifact_root: Optional[str] = None) -> str:
+    """Send hddm.expert.landed when a Prefect API is configured; a line saying what happened (and, for an
+    expert already evaluated, that nothing is evaluated again)."""
     if not os.environ.get("PREFECT_API_URL"):
         return ("no event sent: no Prefect API is configured (PREFECT_API_URL is unset), so no evaluation was "
                 f"triggered; the expert is stored at {expert_uri}. {evaluate_hint}")
     from hddm_tasks.events import EXPERT_LANDED_EVENT, emit_landed
+    from hddm_tasks.once import landed_evaluation_report
 
     event_id = emit_landed(expert_uri=expert_uri, weights_sha256=weights_sha256, prefix=prefix,
                            cluster_id=cluster_id, objective=objective)
-    return (f"sent {EXPERT_LANDED_EVENT} (event {event_id}) to {os.environ['PREFECT_API_URL']}: "
-            "its evaluation is triggered")
+    sent = f"sent {EXPERT_LANDED_EVENT} (event {event_id}) to {os.environ['PREFECT_API_URL']}"
+    report = landed_evaluation_report(artifact_root, expert_uri)
+    if report is not None:
+        return (f"{sent}; this expert was already evaluated ({report}): nothing is evaluated again (a triggered "
+                "run finds that record and finishes at once)")
+    return (f"{sent}: the evaluate deployment's trigger, where it is deployed on that server, evaluates it once "
+            "(a repeated landing finds the evaluation's record and is not evaluated again)")
 
 
 def announce_landing(result: dict, *, run_url: str, experts_prefix: str) -> str:
     """For `hddmp expert submit` (result: hddm_core.contrib.submit_expert's)."""
     return announce(expert_uri=result["uri"], weights_sha256=result["weights_sha256"], prefix=result["key"],
-                    cluster_id=result["cluster_id"], objective=result["objective"],
+                    cluster_id=result["cluster_id"], objective=result["objective"], artifact_root=run_url,
                     evaluate_hint=f"The run's operator can evaluate it with `hddmp evaluate --artifact-root {run_url} "
                                   f"--experts-prefix {experts_prefix}`")
 
@@ -37,4 +44,5 @@ def announce_registered(ref, *, artifact_root: Optional[str]) -> str:
     root = f" --artifact-root {artifact_root}" if artifact_root else ""
     return announce(expert_uri=ref.uri, weights_sha256=ref.content_hash, prefix=ref.prefix,
                     cluster_id=ref.extra.get("cluster_id"), objective=ref.extra.get("objective"),
+                    artifact_root=artifact_root,
                     evaluate_hint=f"Evaluate it with `hddmp evaluate{root} --experts {ref.uri}`")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -183,10 +184,15 @@ def _default_home() -> str:
 
 
 def _up(args) -> int:
+    from hddm_infra.local_stack import StackAlreadyRunning
     from hddm_infra.up import up  # deploys the repository's prefect.yaml (hddm_infra.up.project_root)
 
-    stack = up(os.path.abspath(args.home), args.port, args.artifact_root, args.deploy or None,
-               gpu_workers=not args.no_gpu_workers)
+    try:
+        stack = up(os.path.abspath(args.home), args.port, args.artifact_root, args.deploy or None,
+                   gpu_workers=not args.no_gpu_workers)
+    except StackAlreadyRunning as exc:
+        print(f"hddmp up: {exc}", file=sys.stderr)
+        return 1
     print(f"Prefect UI: http://127.0.0.1:{stack.port}   (API {stack.api_url})")
     print(f"server pid {stack.server_pid}, worker pids {stack.worker_pids}")
     print(f"use it from this shell: export PREFECT_API_URL={stack.api_url}")
@@ -197,8 +203,10 @@ def _up(args) -> int:
 def _down(args) -> int:
     from hddm_infra.local_stack import LocalStack
 
-    LocalStack.load(os.path.abspath(args.home)).stop()
-    print(f"stopped the local Prefect stack recorded in {args.home}")
+    stack = LocalStack.load(os.path.abspath(args.home))
+    stack.stop()  # runs in flight are cancelled first, so none stays Running
+    print(f"stopped the local Prefect stack recorded in {args.home} (runs in flight cancelled; scheduled runs "
+          "wait for the next `hddmp up`)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Bootstrap a Prefect server for HDDM: work pools, GPU concurrency limits, the crashed-run automation.
+"""Bootstrap a Prefect server for HDDM: work pools and GPU concurrency limits.
 
     python -m hddm_infra.bootstrap [--gpus N] [--kubernetes]
 
@@ -6,10 +6,12 @@
 - hddm-gpu: a process pool (one worker per GPU, infra/start_gpu_workers.sh) limited to N concurrent
   runs, or with --kubernetes a Kubernetes pool from infra/k8s/gpu-pool-base-job-template.json.
 - A tag concurrency limit `hddm-gpu` (N task runs at once) for tasks tagged as GPU work.
-- Automation "hddm: reschedule crashed train-expert": when a train-expert flow run crashes (worker
-  lost, node preempted, OOM kill) it is set back to Scheduled once; training resumes from its latest
-  checkpoint (hddm_core.training). A run that crashes again within 24 h stays Crashed.
-Idempotent: existing pools, limits and automations are updated, not duplicated.
+- No crash automation: a crashed train-expert run is resubmitted by the pipeline's fan-out as a new
+  flow run with the same parameters, a bounded number of times, and resumes from its latest checkpoint
+  (hddm_flows.fan_out). The automation earlier versions created ("hddm: reschedule crashed
+  train-expert", crashed -> Scheduled) is deleted: the process worker answered the rescheduled run
+  with Crashed again within seconds, and alongside the resubmission it could run an expert twice.
+Idempotent: existing pools and limits are updated, not duplicated.
 """
 from __future__ import annotations
 
@@ -20,32 +22,8 @@ import os
 
 log = logging.getLogger(__name__)
 CPU_POOL, GPU_POOL, GPU_TAG = "hddm-cpu", "hddm-gpu", "hddm-gpu"
-CRASH_AUTOMATION = "hddm: reschedule crashed train-expert"
-RESCHEDULED_NAME = "RescheduledAfterCrash"  # the Scheduled state's name marks a run as already rescheduled
+OLD_CRASH_AUTOMATION = "hddm: reschedule crashed train-expert"  # deleted by bootstrap (see above)
 K8S_TEMPLATE = os.path.join(os.path.dirname(__file__), "k8s", "gpu-pool-base-job-template.json")
-
-
-def crash_automation_spec() -> dict:
-    """The automation as JSON (AutomationCore fields): crashed train-expert run -> Scheduled, once.
-
-    'Once' comes from the trigger's bucketing: a Reactive trigger fires as soon as its threshold (1) is
-    met, then waits out the rest of its window before it can fire again for the same for_each key
-    (prefect/server/events/triggers.py). Keyed by the flow run id with a 24 h window, each run is
-    rescheduled at most once a day; a run that crashes again in that time stays Crashed."""
-    return {
-        "name": CRASH_AUTOMATION,
-        "description": "Reschedule a crashed train-expert flow run once; it resumes from its checkpoint.",
-        "enabled": True,
-        "trigger": {
-            "type": "event", "posture": "Reactive", "threshold": 1, "within": 86400,
-            "expect": ["prefect.flow-run.Crashed"],
-            "match": {"prefect.resource.id": "prefect.flow-run.*"},
-            "match_related": {"prefect.resource.role": "flow", "prefect.resource.name": "train-expert"},
-            "for_each": ["prefect.resource.id"],
-        },
-        "actions": [{"type": "change-flow-run-state", "state": "SCHEDULED", "name": RESCHEDULED_NAME,
-                     "message": "rescheduled once after a crash by infra/bootstrap.py; resumes from checkpoint"}],
-    }
 
 
 def bootstrap(gpus: int = 1, kubernetes: bool = False) -> dict:
@@ -75,12 +53,10 @@ def bootstrap(gpus: int = 1, kubernetes: bool = False) -> dict:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=gpus)  # upserts by tag
         done["tag_limit"] = {GPU_TAG: gpus}
     try:
-        old = Automation.read(name=CRASH_AUTOMATION)
-        old.delete()
+        Automation.read(name=OLD_CRASH_AUTOMATION).delete()
+        done["deleted_automation"] = OLD_CRASH_AUTOMATION
     except (ValueError, ObjectNotFound):
         pass
-    automation = Automation.model_validate(crash_automation_spec()).create()
-    done["automation"] = str(automation.id)
     log.info("bootstrapped: %s", done)
     return done
 

@@ -5,7 +5,8 @@
 
 Starts the server (infra/local_stack.py), bootstraps (infra/bootstrap.py), deploys every deployment in
 the repository's prefect.yaml (found by project_root), and starts one hddm-cpu worker plus one hddm-gpu
-worker per visible GPU (one on a CPU-only machine, so the GPU deployments still run). Every process is
+worker per visible GPU (one on a CPU-only machine, so the GPU deployments still run), each limited to
+one run at a time. A stack already running under the same home is reported, not orphaned. Every process is
 recorded in <home>/local-stack.json and stopped by pid (SIGINT, then SIGKILL) by `down`.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from .local_stack import LocalStack, free_port, visible_gpus
+from .local_stack import LocalStack, StackAlreadyRunning, free_port, port_in_use, visible_gpus
 
 
 
@@ -47,10 +48,27 @@ def bootstrap(stack: LocalStack, gpus: int, timeout: float = 300) -> None:
         raise RuntimeError(f"bootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
+def check_not_running(home: str, port: int | None) -> None:
+    """StackAlreadyRunning when the stack recorded under `home` is alive or `port` is taken; a recorded
+    stack whose server is gone has its leftover processes stopped and its record removed."""
+    running = LocalStack.running(home)
+    if running is not None:
+        raise StackAlreadyRunning(
+            f"a local Prefect stack is already running at http://127.0.0.1:{running.port} (server pid "
+            f"{running.server_pid}, worker pids {running.worker_pids}, recorded in {running.state_file}); use it, "
+            f"or stop it first with `hddmp down --home {home}`")
+    if os.path.exists(os.path.join(home, "local-stack.json")):
+        LocalStack.load(home).stop(cancel_runs=False)  # a dead server's record: clear its leftovers
+    if port and port_in_use(port):
+        raise StackAlreadyRunning(f"port {port} on 127.0.0.1 is in use by another process (no stack recorded in "
+                                  f"{home} runs there): pass another --port, or stop that process")
+
+
 def up(home: str, port: int | None = None, artifact_root: str | None = None, deploy_names: list[str] | None = None,
        gpu_workers: bool = True) -> LocalStack:
     home = os.path.abspath(home)
     repo = project_root()
+    check_not_running(home, port)
     stack = LocalStack(home=home, port=port or free_port())
     extra = {}
     if artifact_root:
@@ -63,9 +81,8 @@ def up(home: str, port: int | None = None, artifact_root: str | None = None, dep
         os.environ.update(extra)  # workers inherit the artifact root
         # workers run in the repository so a run whose artifact root is empty writes ./artifacts there
         stack.start_worker("hddm-cpu", "local-cpu", cwd=repo)
-        if gpu_workers:
-            for gpu in gpus or [None]:
-                stack.start_worker("hddm-gpu", f"local-gpu{gpu if gpu is not None else '-cpu'}", gpu=gpu, cwd=repo)
+        if gpu_workers:  # one run per GPU: --limit 1 and CUDA_VISIBLE_DEVICES per worker
+            stack.start_gpu_workers("hddm-gpu", gpus or [None], cwd=repo)
     except BaseException:
         stack.stop()
         raise
@@ -78,7 +95,11 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--artifact-root", default=None, help="HDDM_ARTIFACT_ROOT for the workers")
     args = parser.parse_args(argv)
-    stack = up(args.home, args.port, args.artifact_root)
+    try:
+        stack = up(args.home, args.port, args.artifact_root)
+    except StackAlreadyRunning as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print(f"Prefect UI: http://127.0.0.1:{stack.port}  (API {stack.api_url})")
     print(f"server pid {stack.server_pid}, worker pids {stack.worker_pids}; stop with: python -m hddm_infra.down --home {args.home}")
     return 0

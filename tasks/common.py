@@ -55,6 +55,12 @@ def artifact_key(*parts) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
 
 
+def result_key(name: str, ref) -> str:
+    """An artifact key per result (the stage's key, or its output folder's name): runs with other inputs
+    get their own card in the UI, and the same result's runs share one card's history."""
+    return artifact_key(name, (ref.key or ref.prefix.rsplit("/", 1)[-1])[:16])
+
+
 class Progress:
     """A Prefect progress artifact fed by a stage's (done, total) callback."""
 

@@ -8,7 +8,7 @@ from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import ClusterParams, DownloadParams, EmbedParams, PrepareParams, RecaptionParams
 from hddm_core.pipeline.stages import StageRef
 
-from .common import RETRY_DELAYS, cache_key, retry_transient
+from .common import RETRY_DELAYS, cache_key, result_key, retry_transient
 
 _COMMON = dict(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, persist_result=True)
 
@@ -18,7 +18,8 @@ def download(params: DownloadParams) -> StageRef:
     ref = stages.run_download(params)
     c = ref.counts
     create_table_artifact([{k: c.get(k) for k in ("count", "success", "failed_to_download", "success_rate")}],
-                          key="download-summary", description=f"img2dataset download into {ref.uri}")
+                          key=result_key("download-summary", ref),
+                          description=f"img2dataset download into {ref.uri}")
     return ref
 
 
@@ -38,11 +39,12 @@ def cluster(params: ClusterParams) -> StageRef:
     from hddm_core.storage import open_store
 
     store = open_store(params.artifact_root)
-    create_markdown_artifact(store.read_bytes(f"{params.prefix}/report.md").decode(), key="cluster-report",
+    create_markdown_artifact(store.read_bytes(f"{params.prefix}/report.md").decode(),
+                             key=result_key("cluster-report", ref),
                              description="hierarchical k-means: sizes, agreement with Unicode groups")
     create_table_artifact([{"cluster": i, "size": n} for i, n in enumerate(ref.counts.get("sizes", []))],
-                          key="cluster-sizes", description="samples per cluster")
-    create_link_artifact(ref.extra["picture"], link_text="cluster grid (PNG)", key="cluster-grid")
+                          key=result_key("cluster-sizes", ref), description="samples per cluster")
+    create_link_artifact(ref.extra["picture"], link_text="cluster grid (PNG)", key=result_key("cluster-grid", ref))
     return ref
 
 

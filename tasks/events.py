@@ -1,8 +1,11 @@
 """The `hddm.expert.landed` Prefect event: one emitter for every way an expert lands (the register-expert
 flow, `hddmp expert register` and `hddmp expert submit` in-process), whose trigger runs its evaluation.
 
-The event id is a uuid5 of the weights' sha256: the same expert always gives the same id, and Prefect's
-trigger service drops an id it has already seen, so a repeated landing triggers one evaluation.
+The event id is a uuid5 of the weights' sha256: the same expert always gives the same id. Prefect drops
+an id it has already seen only while it is in its in-memory caches (minutes, one server process): after a
+server restart a repeated landing triggers the evaluate deployment again. What makes the evaluation
+happen once is the evaluation's own idempotency record in the artifact store (hddm_tasks.once): the
+repeat run finds it and finishes at once with the report's link.
 """
 from __future__ import annotations
 

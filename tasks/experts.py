@@ -1,6 +1,9 @@
 """Expert registration (validate, store, emit hddm.expert.landed) and evaluation tasks."""
 from __future__ import annotations
 
+import uuid
+from typing import Optional
+
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -8,9 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import EvaluateParams, RegisterExpertParams
 from hddm_core.pipeline.stages import StageRef
+from hddm_core.storage import open_store
 
-from .common import RETRY_DELAYS, Progress, retry_transient
+from .common import RETRY_DELAYS, Progress, artifact_key, result_key, retry_transient
 from .events import emit_landed_ref
+from .once import EvaluationClaim, claim_key
 
 
 @task(name="register-expert", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=RETRY_DELAYS,
@@ -18,10 +23,11 @@ from .events import emit_landed_ref
 def register_expert(params: RegisterExpertParams) -> StageRef:
     """Side effects (store writes, an event): never cached; the store copy itself is idempotent."""
     ref = stages.run_register_expert(params)
-    create_markdown_artifact("\n".join(f"- {c}" for c in ref.counts["checks"]), key="register-expert-checks",
+    create_markdown_artifact("\n".join(f"- {c}" for c in ref.counts["checks"]),
+                             key=artifact_key("register-expert-checks", params.name),
                              description=f"validation of {params.source}")
     if params.emit_event:
-        emit_landed_ref(ref)  # a deterministic event id: a repeated landing is one event (tasks/events.py)
+        emit_landed_ref(ref)  # its evaluation runs once per expert, durably: evaluate_once (tasks/once.py)
     return ref
 
 
@@ -32,7 +38,42 @@ def evaluate(params: EvaluateParams) -> StageRef:
     ref = stages.run_evaluate(params, progress=Progress("evaluate", "routing modes sampled"))
     rows = [{"routing": mode, **{k: (None if v is None else round(v, 4)) for k, v in metrics.items()}}
             for mode, metrics in ref.extra["metrics"].items()]
-    create_table_artifact(rows, key="evaluation-metrics", description=f"metrics per routing mode ({ref.uri})")
+    create_table_artifact(rows, key=result_key("evaluation-metrics", ref),
+                          description=f"metrics per routing mode ({ref.uri})")
     create_link_artifact(ref.extra["report"], link_text="evaluation report (markdown, sample grids, plots)",
-                         key="evaluation-report")
+                         key=result_key("evaluation-report", ref))
+    return ref
+
+
+def flow_run_state(run_id: str) -> Optional[str]:
+    """The state type of a flow run on this Prefect server ('RUNNING', ...), None when it does not know it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(run_id))
+    except (ObjectNotFound, ValueError):
+        return None
+    return run.state.type.value if run.state is not None else None
+
+
+def evaluate_once(params: EvaluateParams) -> StageRef:
+    """The evaluate task behind an idempotency record in the artifact store (tasks/once.py): a set of
+    experts and a config already evaluated, by any run on any server, finishes at once with its report."""
+    from prefect import get_run_logger
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    run_id = str(flow_run.id or uuid.uuid4())
+    claim = EvaluationClaim(open_store(params.artifact_root), claim_key(params), run_id, flow_run_state)
+    outcome = claim.acquire(force=params.force)
+    if outcome.ref is not None:
+        logger.info("already evaluated (by flow run %s): %s", outcome.by, outcome.ref.extra.get("report"))
+        create_link_artifact(outcome.ref.extra["report"], link_text="evaluation report (already evaluated)",
+                             key=result_key("evaluation-report", outcome.ref))
+        return outcome.ref
+    logger.info("claimed evaluation %s (attempt %d)", claim.prefix, outcome.attempt)
+    ref = evaluate(params)
+    claim.finish(ref)
     return ref

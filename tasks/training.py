@@ -8,7 +8,7 @@ from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import TrainExpertParams, TrainHomogeneousParams, TrainMonolithParams, TrainRouterParams
 from hddm_core.pipeline.stages import StageRef
 
-from .common import RETRY_DELAYS, Progress, cache_key, retry_transient
+from .common import RETRY_DELAYS, Progress, cache_key, result_key, retry_transient
 
 _COMMON = dict(retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, persist_result=True)
 
@@ -16,12 +16,12 @@ _COMMON = dict(retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=r
 @task(name="train-expert", cache_key_fn=cache_key("train-expert"), timeout_seconds=7 * 24 * 3600, tags=["hddm-gpu"],
       **_COMMON)
 def train_expert(params: TrainExpertParams) -> StageRef:
-    """Resumes from the run's latest checkpoint when retried or rescheduled after a crash."""
+    """Resumes from the run's latest checkpoint when retried, or run again after a crash (hddm_flows.fan_out)."""
     progress = Progress(f"train-expert-cluster-{params.cluster_id}",
                         f"expert for cluster {params.cluster_id} ({params.objective})")
     ref = stages.run_train_expert(params, progress=progress)
     create_link_artifact(ref.extra["loss_curve"], link_text=f"cluster {params.cluster_id} loss curve",
-                         key=f"loss-curve-cluster-{params.cluster_id}")
+                         key=result_key(f"loss-curve-cluster-{params.cluster_id}-{params.objective}", ref))
     return ref
 
 
@@ -30,8 +30,10 @@ def train_expert(params: TrainExpertParams) -> StageRef:
 def train_router(params: TrainRouterParams) -> StageRef:
     ref = stages.run_train_router(params, progress=Progress("train-router", "router"))
     create_table_artifact([{"t bucket": k, "accuracy": v} for k, v in ref.counts["accuracy_by_t"].items()],
-                          key="router-accuracy", description="router accuracy per noise level (training samples, fresh noise)")
-    create_link_artifact(ref.extra["evaluation_png"], link_text="router evaluation (PNG)", key="router-evaluation")
+                          key=result_key("router-accuracy", ref),
+                          description="router accuracy per noise level (training samples, fresh noise)")
+    create_link_artifact(ref.extra["evaluation_png"], link_text="router evaluation (PNG)",
+                         key=result_key("router-evaluation", ref))
     return ref
 
 

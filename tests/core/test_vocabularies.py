@@ -30,7 +30,6 @@ HOMONYMS = {
     "single": ({"hddm_core/models/presets.py", "hddm_core/models/dit.py", "hddm_core/models/router.py",
                 "hddm_core/checkpoints/dit_import.py"}, "AdaLN-Single, an adaln kind (presets.ADALN_KINDS)"),
     "auto": ({"hddm_core/pipeline/params_base.py"}, "the 'auto' device"),
-    "threshold": ({"infra/bootstrap.py"}, "a Prefect automation trigger's event count"),
     "demo": ({"hddm_cli/main.py"}, "the `hddmp demo` command"),
     "paper": ({"hddm_core/pipeline/study.py", "hddm_core/pipeline/report.py"}, "the paper's column of a table"),
 }

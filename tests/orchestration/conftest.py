@@ -60,3 +60,28 @@ def prefect_harness():
     # the project's default, hddm_flows.environment; a user's own value wins)
     with prefect_test_harness(server_startup_timeout=None):
         yield
+
+
+def prepared_run(root: str, **overrides):
+    """The tiny pipeline's data stages run in this process (no Prefect): the PipelineParams, ready for
+    train-expert and evaluate runs."""
+    from hddm_core.pipeline import stages
+
+    params = tiny_params(root, **overrides)
+    for name, sub in (("download", params.download), ("recaption", params.recaption), ("embed", params.embed),
+                      ("cluster", params.cluster), ("prepare", params.prepare)):
+        stages.STAGES[name](params.stage(sub))
+    return params
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 2.0):
+    """predicate()'s first truthy value, polled until `timeout` seconds; AssertionError naming `what`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -94,3 +94,29 @@ def test_inprocess_register_event_reaches_a_prefect_server(tmp_path, capsys, mon
             time.sleep(1)
     assert [e.event for e in found] == ["hddm.expert.landed"]
     assert found[0].payload["expert_uri"].endswith(os.path.join("experts", "registry", "alice"))
+
+
+def test_a_repeat_landing_of_an_evaluated_expert_says_nothing_is_evaluated_again(tmp_path, capsys, monkeypatch, sent):
+    from hddm_core.pipeline.params import EvaluateParams
+    from hddm_core.pipeline.stages import StageRef, for_landed_expert
+    from hddm_core.storage import open_store
+    from hddm_tasks.once import EvaluationClaim, claim_key
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    root = str(tmp_path / "run")
+    src = tiny_expert(tmp_path / "contrib", objective="ddpm-eps", cluster_id=2)
+    argv = ["-q", "expert", "register", "--artifact-root", root, "--source", src, "--name", "alice"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "evaluates it once" in out and "already evaluated" not in out
+    uri = sent[0][1]["payload"]["expert_uri"]
+    store = open_store(root)  # what the triggered evaluation recorded when it finished
+    store.write_json("evaluations/e1/_manifest.json", {"stand-in": True})
+    params = for_landed_expert(EvaluateParams(artifact_root=root), uri)
+    EvaluationClaim(store, claim_key(params), "run-1", lambda _: None).finish(StageRef(
+        stage="evaluate", uri=store.uri("evaluations/e1"), prefix="evaluations/e1", content_hash="h",
+        extra={"report": store.uri("evaluations/e1/report.md")}))
+    assert main(argv) == 0  # the same expert landed again
+    out = capsys.readouterr().out
+    assert len(sent) == 2
+    assert "already evaluated (" + store.uri("evaluations/e1/report.md") in out and "nothing is evaluated again" in out

@@ -62,14 +62,17 @@ def test_recorded_expert_raises_instead_of_training(tmp_path, never_train):
 
 
 def _fake_prefect(monkeypatch, final_state):
-    """run_deployment and the API client of fan_out, every run ending in `final_state`."""
-    started = []
+    """run_deployment and the API client of fan_out, every run ending in `final_state` (called with the
+    run's index in the order runs were started)."""
+    started, ids = [], []
 
-    def run_deployment(name, parameters, timeout, as_subflow):
+    def run_deployment(name, parameters, timeout, as_subflow, flow_run_name, tags):
         started.append((name, parameters["params"]["cluster_id"]))
-        return SimpleNamespace(id=uuid.uuid4())
+        ids.append(uuid.uuid4())
+        assert f"cluster-{parameters['params']['cluster_id']}" in tags and flow_run_name.startswith("train-expert-")
+        return SimpleNamespace(id=ids[-1])
 
-    client = SimpleNamespace(read_flow_run=lambda run_id: SimpleNamespace(state=final_state()))
+    client = SimpleNamespace(read_flow_run=lambda run_id: SimpleNamespace(state=final_state(ids.index(run_id))))
     monkeypatch.setattr(fan_out, "run_deployment", run_deployment)
     monkeypatch.setattr(fan_out, "get_client", lambda sync_client: contextlib.nullcontext(client))
     return started
@@ -81,7 +84,7 @@ def test_run_deployments_returns_the_recorded_refs_and_never_trains(tmp_path, mo
     store = _prepared(tmp_path)
     jobs = [TrainExpertParams(artifact_root=str(tmp_path), cluster_id=c) for c in range(2)]
     recorded = [_record(store, j, sha=f"{c:02d}" * 32) for c, j in enumerate(jobs)]
-    started = _fake_prefect(monkeypatch, Completed)
+    started = _fake_prefect(monkeypatch, lambda i: Completed())
     assert fan_out.run_deployments("train-expert/train-expert", jobs, poll_s=0) == recorded
     assert started == [("train-expert/train-expert", 0), ("train-expert/train-expert", 1)]
 
@@ -92,7 +95,7 @@ def test_run_deployments_fails_when_a_completed_run_recorded_nothing(tmp_path, m
     store = _prepared(tmp_path)
     jobs = [TrainExpertParams(artifact_root=str(tmp_path), cluster_id=c) for c in range(2)]
     _record(store, jobs[0])
-    _fake_prefect(monkeypatch, Completed)
+    _fake_prefect(monkeypatch, lambda i: Completed())
     with pytest.raises(LookupError, match="no recorded expert for cluster 1"):
         fan_out.run_deployments("train-expert/train-expert", jobs, poll_s=0)
 
@@ -101,6 +104,26 @@ def test_run_deployments_names_the_runs_that_failed(tmp_path, monkeypatch, never
     from prefect.states import Failed
 
     jobs = [TrainExpertParams(artifact_root=str(tmp_path), cluster_id=4)]
-    _fake_prefect(monkeypatch, lambda: Failed(message="CUDA out of memory"))
+    _fake_prefect(monkeypatch, lambda i: Failed(message="CUDA out of memory"))
     with pytest.raises(RuntimeError, match="cluster 4: FAILED CUDA out of memory"):
         fan_out.run_deployments("train-expert/train-expert", jobs, poll_s=0)
+
+
+def test_a_crashed_run_is_resubmitted_with_the_same_parameters_a_bounded_number_of_times(tmp_path, monkeypatch,
+                                                                                       never_train):
+    from prefect.states import Completed, Crashed
+
+    store = _prepared(tmp_path)
+    jobs = [TrainExpertParams(artifact_root=str(tmp_path), cluster_id=c) for c in range(2)]
+    recorded = [_record(store, j, sha=f"{c:02d}" * 32) for c, j in enumerate(jobs)]
+    # run 1 (cluster 1) crashes once; its resubmission (run 2) completes
+    started = _fake_prefect(monkeypatch, lambda i: Crashed(message="killed") if i == 1 else Completed())
+    assert fan_out.run_deployments("train-expert/train-expert", jobs, poll_s=0) == recorded
+    assert [c for _, c in started] == [0, 1, 1]
+    # always crashing: given up after max_resubmits, and the message says so
+    started = _fake_prefect(monkeypatch, lambda i: Crashed(message="killed"))
+    with pytest.raises(RuntimeError, match=r"cluster 0: CRASHED killed \(after 2 resubmissions\)"):
+        fan_out.run_deployments("train-expert/train-expert", jobs[:1], poll_s=0, max_resubmits=2)
+    assert [c for _, c in started] == [0, 0, 0]
+    with pytest.raises(ValueError, match="max_resubmits must be >= 0, got -1"):
+        fan_out.run_deployments("train-expert/train-expert", jobs, poll_s=0, max_resubmits=-1)

@@ -53,15 +53,20 @@ def test_no_secrets_in_prefect_yaml():
     assert bad == []
 
 
-def test_crash_automation_spec_is_a_valid_automation():
-    from prefect.automations import Automation
+def test_stage_messages_reach_the_run_logs():
+    """Every deployment names hddm's loggers for Prefect's handlers, and the tasks layer lets INFO through
+    (Prefect leaves them at the root's WARNING)."""
+    import subprocess
+    import sys
 
-    from hddm_infra.bootstrap import crash_automation_spec
-
-    a = Automation.model_validate(crash_automation_spec())
-    assert a.trigger.expect == {"prefect.flow-run.Crashed"}
-    assert a.trigger.within.total_seconds() == 86400 and a.trigger.threshold == 1
-    assert a.actions[0].type == "change-flow-run-state"
+    for d in _config()["deployments"]:
+        assert "hddm_core" in d["work_pool"]["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"], d["name"]
+    code = ("import logging, prefect.logging.configuration as c; c.setup_logging(); import hddm_tasks; "
+            "print(logging.getLogger('hddm_core.training.loop').getEffectiveLevel(), "
+            "any(type(h).__name__ == 'APILogHandler' for h in logging.getLogger('hddm_core').handlers))")
+    env = {**os.environ, "PREFECT_LOGGING_EXTRA_LOGGERS": "hddm_core,hddm_tasks,hddm_flows"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["20", "True"], out.stderr[-2000:]
 
 
 def test_baseline_deployments_run_on_the_gpu_pool_like_train_expert():
