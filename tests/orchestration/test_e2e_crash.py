@@ -9,7 +9,9 @@ import pytest
 
 from .conftest import prepared_run, wait_for
 
-pytestmark = pytest.mark.slow
+# A real server, workers and training: 5-14 min each on 2 loaded cores, above the suite default of 15 min
+# once the machine is busy.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_a_killed_training_run_is_resubmitted_and_resumes_from_its_checkpoint(tmp_path):
