@@ -30,8 +30,7 @@ import numpy as np
 
 from hddm_core.data.holdout import holdout_stream
 from hddm_core.data.prepare import ROUTER_STREAM, cluster_stream, encode_batch, null_text_bytes
-from hddm_core.data.sharded_stage import stage_fingerprint
-from hddm_core.data.unit_runner import ModelSpec, UnitKernel, _compute, _sample_errors, load_model, resolve, worker_name
+from hddm_core.data.unit_runner import JobStore, ModelSpec, UnitKernel, _compute, _sample_errors, load_model, resolve, worker_name
 from hddm_core.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class PrepareUnit:
 
 
 @dataclass
-class PrepareJob:
+class PrepareJob(JobStore):
     """Everything a worker needs for any unit or join task of one prepare run (picklable)."""
 
     prefix: str
@@ -92,12 +91,6 @@ class PrepareJob:
     force: bool = False
     torch_threads: int | None = None
 
-    @property
-    def fingerprint(self) -> str:
-        return stage_fingerprint(self.config, self.inputs)
-
-    def store(self) -> ArtifactStore:
-        return ArtifactStore(self.store_root, self.storage_options)
 
 
 def plan_prepare_units(keys: list[str], assignments: dict, captions: dict, batch_size: int,

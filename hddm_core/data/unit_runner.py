@@ -89,8 +89,19 @@ class UnitKernel:
     flush: Callable[[list], dict[str, bytes]]
 
 
+class JobStore:
+    """What every stage job derives from its fields: the run fingerprint and the artifact store."""
+
+    @property
+    def fingerprint(self) -> str:
+        return stage_fingerprint(self.config, self.inputs)
+
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.store_root, self.storage_options)
+
+
 @dataclass
-class UnitJob:
+class UnitJob(JobStore):
     """Everything a worker needs for any unit of one stage run (picklable)."""
 
     stage: str
@@ -107,12 +118,6 @@ class UnitJob:
     force: bool = False
     torch_threads: int | None = None
 
-    @property
-    def fingerprint(self) -> str:
-        return stage_fingerprint(self.config, self.inputs)
-
-    def store(self) -> ArtifactStore:
-        return ArtifactStore(self.store_root, self.storage_options)
 
 
 def worker_name() -> str:
