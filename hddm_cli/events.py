@@ -17,12 +17,18 @@ def announce(*, expert_uri: str, weights_sha256: str, prefix: str, cluster_id: O
     if not os.environ.get("PREFECT_API_URL"):
         return ("no event sent: no Prefect API is configured (PREFECT_API_URL is unset), so no evaluation was "
                 f"triggered; the expert is stored at {expert_uri}. {evaluate_hint}")
-    from hddm_tasks.events import EXPERT_LANDED_EVENT, emit_landed
+    from hddm_tasks.events import EXPERT_LANDED_EVENT, send_landed
     from hddm_tasks.once import landed_evaluation_report
 
-    event_id = emit_landed(expert_uri=expert_uri, weights_sha256=weights_sha256, prefix=prefix,
-                           cluster_id=cluster_id, objective=objective)
-    sent = f"sent {EXPERT_LANDED_EVENT} (event {event_id}) to {os.environ['PREFECT_API_URL']}"
+    api_url = os.environ["PREFECT_API_URL"]
+    try:  # delivered before the command exits, or said plainly that it was not
+        event_id = send_landed(api_url, expert_uri=expert_uri, weights_sha256=weights_sha256, prefix=prefix,
+                               cluster_id=cluster_id, objective=objective)
+    except Exception as exc:  # noqa: BLE001 - the expert is stored either way; the message names the failure
+        return (f"no event sent: {EXPERT_LANDED_EVENT} could not be delivered to {api_url} "
+                f"({type(exc).__name__}: {exc}), so no evaluation was triggered; the expert is stored at "
+                f"{expert_uri}. {evaluate_hint}")
+    sent = f"sent {EXPERT_LANDED_EVENT} (event {event_id}) to {api_url}"
     report = landed_evaluation_report(artifact_root, expert_uri)
     if report is not None:
         return (f"{sent}; this expert was already evaluated ({report}): nothing is evaluated again (a triggered "

@@ -155,9 +155,11 @@ class FeatureStats:
 
 def feature_statistics(features: np.ndarray, feature: str) -> FeatureStats:
     f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must be [n >= 2, d], got shape {f.shape}")
-    return FeatureStats(f.mean(0), np.cov(f, rowvar=False), int(f.shape[0]), feature)
+    if f.ndim != 2 or f.shape[0] < 1:
+        raise ValueError(f"features must be [n >= 1, d], got shape {f.shape}")
+    # one sample has no covariance estimate: zeros, and n=1 < min_samples makes every Frechet metric refuse it
+    sigma = np.cov(f, rowvar=False) if f.shape[0] > 1 else np.zeros((f.shape[1], f.shape[1]))
+    return FeatureStats(f.mean(0), np.atleast_2d(sigma), int(f.shape[0]), feature)
 
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:

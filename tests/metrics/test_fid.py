@@ -55,6 +55,16 @@ def test_too_few_samples_is_refused_with_the_minimum():
     assert min_samples(INCEPTION_DIM) == 2049
 
 
+def test_one_reference_image_is_refused_not_a_crash():
+    # a cluster whose held-out split holds a single image: the distance is refused with the minimum
+    one = feature_statistics(np.ones((1, 4)), "raw")
+    many = feature_statistics(np.random.default_rng(0).standard_normal((50, 4)), "raw")
+    out = frechet_metric(many, one, "FD-raw")
+    assert one.n == 1 and out.status == "refused" and "got 1" in out.reason
+    with pytest.raises(ValueError, match=r"n >= 1"):
+        feature_statistics(np.ones((0, 4)), "raw")
+
+
 def test_fid_refuses_non_inception_widths():
     stats = feature_statistics(np.random.default_rng(0).standard_normal((40, 8)), "raw")
     with pytest.raises(ValueError, match="2048"):

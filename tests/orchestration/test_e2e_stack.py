@@ -39,9 +39,15 @@ def test_up_two_gpus_one_run_each_second_up_refused_down_cancels_runs(tmp_path, 
             wait_for(lambda: all(client.read_flow_run(r.id).state.is_running() for r in runs), 600,
                      "both training runs running at once")
             logs = {gpu: open(os.path.join(home, "logs", f"worker-local-gpu{gpu}.log")).read() for gpu in "01"}
-            took = {gpu: [str(r.id) for r in runs if str(r.id) in text] for gpu, text in logs.items()}
+            # both workers may pick up the same scheduled run; the server lets one move it to Pending and the
+            # other logs "Aborted submission": a worker took a run when it submitted it and was not aborted
+            took = {gpu: [str(r.id) for r in runs if f"submitting flow run '{r.id}'" in text
+                          and f"Aborted submission of flow run '{r.id}'" not in text] for gpu, text in logs.items()}
             assert sorted(len(v) for v in took.values()) == [1, 1], took  # one run per worker
             pids = [int(str(client.read_flow_run(r.id).infrastructure_pid).rsplit(":", 1)[-1]) for r in runs]
+            # and each run's process sees only its worker's GPU
+            devices = sorted(_environ(pid).get("CUDA_VISIBLE_DEVICES") for pid in pids)
+            assert devices == ["0", "1"], devices
     finally:
         stack.stop()  # what `hddmp down` does
     assert not any(pid_alive(p) for p in pids), "a training process outlived `down`"
@@ -55,3 +61,8 @@ def test_up_two_gpus_one_run_each_second_up_refused_down_cancels_runs(tmp_path, 
             assert all("hddmp down" in (s.message or "") or "cancel" in (s.message or "").lower() for s in states)
     finally:
         again.stop()
+
+
+def _environ(pid: int) -> dict:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item)
