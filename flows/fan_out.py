@@ -19,6 +19,7 @@ from prefect.deployments import run_deployment
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.stages import StageRef
 from hddm_core.storage import open_store
+from hddm_flows.run_labels import labels
 
 log = logging.getLogger(__name__)
 POLL_S = 5.0
@@ -27,8 +28,7 @@ MAX_RESUBMITS = 2  # per job: a run that crashes three times in a row needs a pe
 
 def run_labels(job, resubmit: int = 0) -> dict:
     """flow_run_name and tags saying stage, cluster and objective (and which resubmission)."""
-    name = f"train-expert-cluster-{job.cluster_id}-{job.objective}" + (f"-resume-{resubmit}" if resubmit else "")
-    return {"flow_run_name": name, "tags": ["hddm", "train-expert", f"cluster-{job.cluster_id}", job.objective]}
+    return labels("train-expert", job.cluster_id, job.objective, detail=f"resume-{resubmit}" if resubmit else "")
 
 
 def run_deployments(name: str, jobs: list, poll_s: float = POLL_S,

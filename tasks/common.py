@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import errno
+import logging
 import re
-from typing import Optional
+from typing import Callable, Optional
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               update_progress_artifact)
 
 from hddm_core.pipeline import stages
 
@@ -59,6 +61,27 @@ def result_key(name: str, ref) -> str:
     """An artifact key per result (the stage's key, or its output folder's name): runs with other inputs
     get their own card in the UI, and the same result's runs share one card's history."""
     return artifact_key(name, (ref.key or ref.prefix.rsplit("/", 1)[-1])[:16])
+
+
+log = logging.getLogger(__name__)
+
+
+def summary_card(build: Callable[[], str], key: str, description: str) -> None:
+    """A markdown artifact from a hddm_core.pipeline.stage_cards builder (key numbers, pictures inline).
+    The stage has finished when this runs: a card that cannot be built says why instead of failing it."""
+    try:
+        markdown = build()
+    except Exception as exc:
+        log.warning("summary card %s could not be built: %s", key, exc)
+        markdown = f"The summary of this result could not be built: {type(exc).__name__}: {exc}"
+    create_markdown_artifact(markdown, key=key, description=description)
+
+
+def browsable_link(url: str, link_text: str, key: str) -> None:
+    """A link artifact only where a browser can open it (an http(s) store); a file:// or s3:// link
+    opens nothing from the UI, and the summary card already names where the object is."""
+    if url.startswith(("http://", "https://")):
+        create_link_artifact(url, link_text=link_text, key=key)
 
 
 class Progress:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import ClusterParams, DownloadParams, EmbedParams, PrepareParams, RecaptionParams
+from hddm_core.pipeline.stage_cards import cluster_card
 from hddm_core.pipeline.stages import StageRef
+from hddm_core.storage import open_store
 
-from .common import RETRY_DELAYS, cache_key, result_key, retry_transient
+from .common import RETRY_DELAYS, browsable_link, cache_key, result_key, retry_transient, summary_card
 
 _COMMON = dict(retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, persist_result=True)
 
@@ -36,15 +38,12 @@ def embed(params: EmbedParams) -> StageRef:
 @task(name="cluster", cache_key_fn=cache_key("cluster"), timeout_seconds=6 * 3600, **_COMMON)
 def cluster(params: ClusterParams) -> StageRef:
     ref = stages.run_cluster(params)
-    from hddm_core.storage import open_store
-
     store = open_store(params.artifact_root)
-    create_markdown_artifact(store.read_bytes(f"{params.prefix}/report.md").decode(),
-                             key=result_key("cluster-report", ref),
-                             description="hierarchical k-means: sizes, agreement with Unicode groups")
+    summary_card(lambda: cluster_card(store, ref), key=result_key("cluster-report", ref),
+                 description="hierarchical k-means: sizes, agreement with the group labels, cluster grid")
     create_table_artifact([{"cluster": i, "size": n} for i, n in enumerate(ref.counts.get("sizes", []))],
                           key=result_key("cluster-sizes", ref), description="samples per cluster")
-    create_link_artifact(ref.extra["picture"], link_text="cluster grid (PNG)", key=result_key("cluster-grid", ref))
+    browsable_link(ref.extra["picture"], link_text="cluster grid (PNG)", key=result_key("cluster-grid", ref))
     return ref
 
 

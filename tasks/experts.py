@@ -5,15 +5,16 @@ import uuid
 from typing import Optional
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import EvaluateParams, RegisterExpertParams
+from hddm_core.pipeline.stage_cards import evaluation_card
 from hddm_core.pipeline.stages import StageRef
 from hddm_core.storage import open_store
 
-from .common import RETRY_DELAYS, Progress, artifact_key, result_key, retry_transient
+from .common import RETRY_DELAYS, Progress, artifact_key, browsable_link, result_key, retry_transient, summary_card
 from .events import emit_landed_ref
 from .once import EvaluationClaim, claim_key
 
@@ -40,9 +41,18 @@ def evaluate(params: EvaluateParams) -> StageRef:
             for mode, metrics in ref.extra["metrics"].items()]
     create_table_artifact(rows, key=result_key("evaluation-metrics", ref),
                           description=f"metrics per routing mode ({ref.uri})")
-    create_link_artifact(ref.extra["report"], link_text="evaluation report (markdown, sample grids, plots)",
-                         key=result_key("evaluation-report", ref))
+    report_card(params, ref)
     return ref
+
+
+def report_card(params: EvaluateParams, ref: StageRef, note: str = "") -> None:
+    """The evaluation's card (metrics per routing mode, sample grids and plots inline), and a link to
+    report.md where a browser can open it."""
+    summary_card(lambda: evaluation_card(open_store(params.artifact_root), ref),
+                 key=result_key("evaluation-report", ref),
+                 description=f"evaluation{note}: metrics per routing mode, sample grids, plots ({ref.uri})")
+    browsable_link(ref.extra["report"], link_text=f"evaluation report{note} (markdown)",
+                   key=result_key("evaluation-report-link", ref))
 
 
 def flow_run_state(run_id: str) -> Optional[str]:
@@ -70,8 +80,7 @@ def evaluate_once(params: EvaluateParams) -> StageRef:
     outcome = claim.acquire(force=params.force)
     if outcome.ref is not None:
         logger.info("already evaluated (by flow run %s): %s", outcome.by, outcome.ref.extra.get("report"))
-        create_link_artifact(outcome.ref.extra["report"], link_text="evaluation report (already evaluated)",
-                             key=result_key("evaluation-report", outcome.ref))
+        report_card(params, outcome.ref, note=" (already evaluated)")
         return outcome.ref
     logger.info("claimed evaluation %s (attempt %d)", claim.prefix, outcome.attempt)
     ref = evaluate(params)
