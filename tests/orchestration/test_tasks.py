@@ -110,3 +110,123 @@ def test_cache_key_is_content_addressed(tmp_path):
     assert key_fn(None, {"params": c.model_copy(update={"artifact_root": other.root})}) is None
     store.delete("cluster/_manifest.json")
     assert key_fn(None, {"params": c}) is None  # outputs gone: no cache hit
+
+
+@pytest.fixture
+def artifacts(monkeypatch):
+    """Every artifact the tasks create: (kind, key, content)."""
+    import hddm_tasks.common as tc
+    import hddm_tasks.data as td
+    import hddm_tasks.experts as tx
+    import hddm_tasks.training as tt
+
+    made = []
+    monkeypatch.setattr(tc, "create_markdown_artifact", lambda md, key, description: made.append(("markdown", key, md)))
+    monkeypatch.setattr(tc, "create_link_artifact", lambda url, link_text, key: made.append(("link", key, url)))
+    for module in (td, tx, tt):
+        monkeypatch.setattr(module, "create_table_artifact",
+                            lambda rows, key, description: made.append(("table", key, rows)), raising=False)
+    for module in (tx, tt):
+        monkeypatch.setattr(module, "Progress", lambda key, description: None)
+    return made
+
+
+def _png(width=300, height=200) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (0, 128, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _inline_pictures(markdown: str) -> list[str]:
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    found = re.findall(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    for _, b64 in found:
+        Image.open(io.BytesIO(base64.b64decode(b64))).verify()  # a picture the browser can show
+    return [alt for alt, _ in found]
+
+
+def test_evaluate_task_shows_metrics_and_pictures_inline_not_a_file_link(tmp_path, artifacts, monkeypatch):
+    from hddm_core.pipeline.params import EvaluateParams
+    from hddm_core.storage import ArtifactStore
+    from hddm_tasks import experts
+
+    store = ArtifactStore(str(tmp_path))
+    store.write_bytes("evaluations/abc/grids/top-1.png", _png())
+    store.write_bytes("evaluations/abc/report.md", b"# report\n")
+    ref = stages.StageRef(stage="evaluate", uri=store.uri("evaluations/abc"), prefix="evaluations/abc",
+                          content_hash="h", key="abc", counts={"experts": 2},
+                          extra={"report": store.uri("evaluations/abc/report.md"),
+                                 "metrics": {"top-1": {"FD": 1.5}}})
+    monkeypatch.setattr(experts.stages, "run_evaluate", lambda params, progress=None: ref)
+    experts.evaluate.fn(EvaluateParams(artifact_root=str(tmp_path)))
+    kinds = {(kind, key) for kind, key, _ in artifacts}
+    assert kinds == {("table", "evaluation-metrics-abc"), ("markdown", "evaluation-report-abc")}  # no file:// link
+    [card] = [md for kind, _, md in artifacts if kind == "markdown"]
+    assert "| top-1 | 1.5 |" in card and _inline_pictures(card) == ["samples: top-1"]
+
+
+def test_training_and_cluster_tasks_make_cards(tmp_path, artifacts, monkeypatch):
+    from hddm_core.pipeline.params import ClusterParams
+    from hddm_core.storage import ArtifactStore
+    from hddm_tasks import data, training
+
+    store = ArtifactStore(str(tmp_path))
+    store.write_bytes("runs/x/expert/loss_curve.png", _png())
+    ref = stages.StageRef(stage="train-expert", uri=store.uri("runs/x/expert"), prefix="runs/x/expert",
+                          content_hash="h", key="k1", counts={"steps": 4, "samples": 8, "final_loss": 0.5},
+                          extra={"cluster_id": 1, "objective": "ddpm-eps",
+                                 "loss_curve": store.uri("runs/x/expert/loss_curve.png")})
+    monkeypatch.setattr(training.stages, "run_train_expert", lambda params, progress=None: ref)
+    training.train_expert.fn(TrainExpertParams(artifact_root=str(tmp_path), cluster_id=1, objective="ddpm-eps"))
+    [(kind, key, card)] = artifacts
+    assert (kind, key) == ("markdown", "loss-curve-cluster-1-ddpm-eps-k1")
+    assert "0.5" in card and _inline_pictures(card) == ["training loss"]
+
+    artifacts.clear()
+    store.write_bytes("cluster/clusters.png", _png())
+    store.write_bytes("cluster/report.md", b"# Cluster report\n")
+    cref = stages.StageRef(stage="cluster", uri=store.uri("cluster"), prefix="cluster", content_hash="h", key="k2",
+                           counts={"sizes": [3, 4]}, extra={"picture": "https://store.example/cluster/clusters.png"})
+    monkeypatch.setattr(data.stages, "run_cluster", lambda params: cref)
+    data.cluster.fn(ClusterParams(artifact_root=str(tmp_path)))
+    assert [(kind, key) for kind, key, _ in artifacts] == [
+        ("markdown", "cluster-report-k2"), ("table", "cluster-sizes-k2"), ("link", "cluster-grid-k2")]  # http: linked
+    assert _inline_pictures(artifacts[0][2]) == ["cluster grid: sample images per cluster"]
+
+
+def test_a_card_that_cannot_be_built_says_why_and_the_task_still_succeeds(artifacts):
+    def broken() -> str:
+        raise KeyError("metrics")
+
+    common.summary_card(broken, key="evaluation-report-x", description="d")
+    assert artifacts == [("markdown", "evaluation-report-x",
+                          "The summary of this result could not be built: KeyError: 'metrics'")]
+
+
+@pytest.mark.slow
+def test_a_card_reaches_the_prefect_server_whole(tmp_path, prefect_harness):
+    """The markdown artifact the server stores holds the inline picture (no size limit cuts it)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from hddm_core.pipeline.stage_cards import expert_card
+    from hddm_core.storage import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path))
+    store.write_bytes("e/loss_curve.png", _png(900, 600))
+    ref = stages.StageRef(stage="train-expert", uri=store.uri("e"), prefix="e", content_hash="h",
+                          counts={"final_loss": 0.25}, extra={"cluster_id": 0, "objective": "flow-matching"})
+    card = expert_card(store, ref)
+    common.summary_card(lambda: card, key="loss-curve-test", description="test")
+    with get_client(sync_client=True) as client:
+        [stored] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["loss-curve-test"])))
+    assert stored.type == "markdown" and stored.data == card and _inline_pictures(stored.data) == ["training loss"]
