@@ -106,8 +106,9 @@ class Card:
     """Markdown lines plus inline pictures, kept under `budget` bytes: text is always added, a
     picture only where its thumbnail fits (else a sentence saying it was left out, and where it is)."""
 
-    # thumbnails tried in turn, largest first: full colour, then a palette, then half the size
-    ATTEMPTS = ((THUMB_SIDE, None), (THUMB_SIDE, 256), (THUMB_SIDE // 2, 256), (THUMB_SIDE // 4, 64))
+    # thumbnails tried in turn, largest first. A 256-colour palette looks the same for plots and sample
+    # grids at half the bytes of full colour, so the first pictures leave room for the next ones.
+    ATTEMPTS = ((THUMB_SIDE, 256), (THUMB_SIDE // 2, 256), (THUMB_SIDE // 4, 64))
 
     def __init__(self, title: str, budget: int = MAX_CARD_BYTES):
         if budget < 2 * TEXT_RESERVE:

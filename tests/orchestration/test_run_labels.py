@@ -97,3 +97,29 @@ def test_a_stage_flow_tags_its_own_run(tmp_path, runtime, monkeypatch):
     runtime["tags"] = updates[-1][1]
     rl.tag_run("train-expert", params=params)
     assert len(updates) == 1  # already tagged: no call
+
+
+@pytest.mark.slow
+def test_a_trigger_started_evaluation_run_is_named_and_tagged(tmp_path, prefect_harness, monkeypatch):
+    """The evaluate flow as the hddm.expert.landed trigger calls it (expert_uri only): Prefect names the
+    run with our callable and the flow tags it."""
+    from prefect.client.orchestration import get_client
+
+    import hddm_flows.stages as stage_flows
+    from hddm_core.pipeline.reuse import StageRef
+
+    uri = tiny_expert(tmp_path / "e", objective="ddpm-eps", cluster_id=2)
+    seen = {}
+
+    def evaluate_once(params):
+        from prefect.runtime import flow_run
+
+        seen["id"] = flow_run.id
+        return StageRef(stage="evaluate", uri="u", prefix="p", content_hash="h", extra={"report": "r"})
+
+    monkeypatch.setattr(stage_flows.experts, "evaluate_once", evaluate_once)
+    stage_flows.evaluate(params=EvaluateParams(artifact_root=str(tmp_path)), expert_uri=uri)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(uuid.UUID(seen["id"]))
+    assert run.name == "evaluate-cluster-2-ddpm-eps-landed"
+    assert {"hddm", "evaluate", "cluster-2", "ddpm-eps", "landed"} <= set(run.tags)

@@ -1,5 +1,6 @@
 """Tasks through .fn: registration and its event (artifacts need the session's Prefect server: slow),
-transient retries, cache keys."""
+transient retries, cache keys, the summary cards the tasks hand to Prefect (recorded, and once through
+the session's server)."""
 import os
 import uuid
 
@@ -215,6 +216,7 @@ def test_a_card_that_cannot_be_built_says_why_and_the_task_still_succeeds(artifa
 @pytest.mark.slow
 def test_a_card_reaches_the_prefect_server_whole(tmp_path, prefect_harness):
     """The markdown artifact the server stores holds the inline picture (no size limit cuts it)."""
+    from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -226,7 +228,13 @@ def test_a_card_reaches_the_prefect_server_whole(tmp_path, prefect_harness):
     ref = stages.StageRef(stage="train-expert", uri=store.uri("e"), prefix="e", content_hash="h",
                           counts={"final_loss": 0.25}, extra={"cluster_id": 0, "objective": "flow-matching"})
     card = expert_card(store, ref)
-    common.summary_card(lambda: card, key="loss-curve-test", description="test")
+
+    @flow
+    def make_card():
+        common.summary_card(lambda: card, key="loss-curve-test", description="test")
+
+    make_card()
     with get_client(sync_client=True) as client:
-        [stored] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["loss-curve-test"])))
+        only = ArtifactFilter(key=ArtifactFilterKey(any_=["loss-curve-test"]))
+        [stored] = client.read_artifacts(artifact_filter=only)
     assert stored.type == "markdown" and stored.data == card and _inline_pictures(stored.data) == ["training loss"]

@@ -43,7 +43,8 @@ def test_a_stored_png_comes_back_as_a_decodable_thumbnail(tmp_path):
     assert alt == "a plot" and im.format == "PNG"
     assert im.size == (640, 384)  # longest side THUMB_SIDE, aspect ratio kept
     rgb = im.convert("RGB")
-    assert rgb.getpixel((10, 10)) == (255, 0, 0) and rgb.getpixel((630, 370)) == (0, 0, 255)
+    for xy, colour in (((10, 10), (255, 0, 0)), ((630, 370), (0, 0, 255))):  # a 256-colour palette: within 2
+        assert max(abs(a - b) for a, b in zip(rgb.getpixel(xy), colour)) <= 2
     assert len(text.encode()) <= rp.MAX_CARD_BYTES
     assert f"`{tmp_path}/run/plot.png`" in text  # the local path, for a terminal
 
@@ -121,7 +122,8 @@ def test_evaluation_card_metrics_per_mode_then_grids_then_plots(tmp_path):
     metrics = {"top-1": {"FD": 2.5, "CLIP": None}, "threshold": {"FD": 1.25, "CLIP": 0.3}}
     ref = _ref("evaluate", "ev", counts={"experts": 2, "samples_per_mode": 4}, extra={"metrics": metrics})
     text = evaluation_card(store, ref)
-    assert "| routing | FD | CLIP |" in text and "| top-1 | 2.5 | n/a |" in text and "| threshold | 1.25 | 0.3 |" in text
+    assert "| routing | FD | CLIP |" in text and "| top-1 | 2.5 | n/a |" in text
+    assert "| threshold | 1.25 | 0.3 |" in text
     assert [alt for alt, _ in embedded(text)] == ["samples: threshold", "samples: top-1", "quality",
                                                   "samples of alice alone"]
     assert f"`{tmp_path}/ev/report.md`" in text and len(text.encode()) <= rp.MAX_CARD_BYTES
