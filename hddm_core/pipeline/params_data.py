@@ -155,18 +155,35 @@ class ClusterSection(StageSettings):
                                                                              "at K; empty = automatic.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="k-means seed.")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations per level.")
-    # balanced (the demo's): on a few hundred images plain k-means leaves an expert a handful of samples
-    balance: bool = Field(True, description="Capacity-balanced assignment (clusters of similar size).")
+    # balanced (the demo's sizes); the sampled fit balances by resampling instead, so with
+    # max_sample_bytes a balance left out is False (_sampled_fit)
+    balance: bool = Field(True, description="Capacity-balanced assignment (clusters of similar size); whole-matrix "
+                                            "fit only: off when max_sample_bytes is set.")
     max_sample_bytes: Optional[int] = Field(None, ge=1, description="Fit on a seeded sample of at most this many "
                                                                     "bytes of float32 embeddings, assign all as a map; "
                                                                     "empty = fit on every embedding in one process.")
     resample_steps: int = Field(10, ge=0, le=100, description="Vo et al. resampling steps per level (sampled fit).")
     prefix: str = Field("cluster", description="Stage prefix in the store.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sampled_fit(cls, data):
+        if isinstance(data, dict) and data.get("max_sample_bytes") is not None and "balance" not in data:
+            data = {**data, "balance": False}
+        return data
+
+    @classmethod
+    def form_rules(cls) -> list[dict]:
+        return [{"if": {"properties": {"max_sample_bytes": {"type": "integer"}}, "required": ["max_sample_bytes"]},
+                 "then": {"properties": {"balance": {"const": False}}}}]
+
     @model_validator(mode="after")
     def _levels(self):
         if self.level_sizes is not None and (not self.level_sizes or self.level_sizes[-1] != self.n_clusters):
             raise ValueError(f"level_sizes {self.level_sizes} must end at n_clusters={self.n_clusters}")
+        if self.balance and self.max_sample_bytes is not None:
+            raise ValueError("balance=True is the whole-matrix fit's; with max_sample_bytes (the sampled fit) clusters "
+                             "are balanced by resampling (resample_steps): set balance to false")
         return self
 
 

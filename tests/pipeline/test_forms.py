@@ -158,6 +158,7 @@ def test_the_paper_preset_still_sets_what_the_demo_defaults_changed():
     ("train-expert", {"init": "dit.pt", "time_input": "scaled-1000"}, "scaled-1000"),
     ("register-expert", {"source": "/e", "name": "a/b"}, "a/b"),
     ("cluster", {"level_sizes": []}, "params.level_sizes"),
+    ("cluster", {"max_sample_bytes": 512, "balance": True}, "params.balance"),
 ])
 def test_the_server_schema_refuses_bad_parameters(flow_name, params, says):
     errors = _errors(flow_name, params)
@@ -177,6 +178,7 @@ def test_the_server_schema_refuses_bad_parameters(flow_name, params, says):
     ("download", {"source": "parquet", "url_list_key": "x.parquet"}),
     ("register-expert", {"source": "/e", "name": "cluster-000.v1"}),
     ("evaluate", {}),
+    ("cluster", {"max_sample_bytes": 512}),  # balance then defaults to false (the sampled fit)
 ])
 def test_the_server_schema_accepts_good_parameters(flow_name, params):
     assert _errors(flow_name, params) == []
@@ -203,6 +205,10 @@ def test_schema_and_pydantic_agree_on_every_expert_declaration():
             disagree.append(params)
     assert disagree == [], disagree[:5]
     assert FLOW_MATCHING in OBJECTIVE_NAMES
+
+
+def test_the_sampled_fit_turns_the_balanced_default_off():
+    assert P.ClusterParams().balance and not P.ClusterParams(max_sample_bytes=512).balance
 
 
 def test_what_json_schema_cannot_say_is_still_refused_by_pydantic():
