@@ -69,16 +69,16 @@ def _refuse_set_by_pipeline(data: dict) -> dict:
     """data with each stage given as a model turned into the fields it set; ValueError (one line) for a
     field the pipeline sets itself."""
     data = dict(data)
-    for section, (kind, _) in PIPELINE_SETS.items():
-        given = data.get(section)
+    for part, (kind, _) in PIPELINE_SETS.items():
+        given = data.get(part)
         if isinstance(given, StageSettings):
-            given = data[section] = given.model_dump(exclude_unset=True)
+            given = data[part] = given.model_dump(exclude_unset=True)
         if not isinstance(given, dict):
             continue
-        own = PipelineParams.model_fields[section].annotation.model_fields
+        own = PipelineParams.model_fields[part].annotation.model_fields
         for name in given:
             if name in kind.model_fields and name not in own:
-                raise ValueError(f"{section}.{name} is set by the pipeline, not here: {_hint(section, name)}")
+                raise ValueError(f"{part}.{name} is set by the pipeline, not here: {_hint(part, name)}")
     return data
 
 
