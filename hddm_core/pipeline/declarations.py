@@ -22,6 +22,7 @@ from hddm_core.checkpoints.dit_import import DIT_TIME_INPUT
 from hddm_core.diffusion.objectives import OBJECTIVE_NAMES, OBJECTIVES
 from hddm_core.diffusion.schedules import SCHEDULES, get_schedule
 from hddm_core.diffusion.time_inputs import TIME_INPUTS
+from hddm_core.pipeline.form_schema import form_schema, one_of_values, when
 from hddm_core.pipeline.param_checks import SAFE_CONFIG
 from hddm_core.training.config import INIT_SCRATCH
 
@@ -58,6 +59,31 @@ def check_declaration(objective: str, schedule: Optional[str], time_input: Optio
                          f"reads round(999 t); valid: {DIT_TIME_INPUT!r} (or leave it empty)")
 
 
+def valid_schedules(objective: str) -> list[str]:
+    """The schedules check_declaration accepts for `objective`."""
+    own = _vp(OBJECTIVES[objective]["schedule"])
+    return [s for s in SCHEDULE_NAMES if _vp(s) == own]
+
+
+# JSON Schema form of check_declaration (hddm_core.pipeline.form_schema): the same tables, so the Prefect
+# server refuses a bad declaration before the run exists. A non-blank init is a pattern.
+INIT_PATTERN = r"\S"
+
+
+def declaration_rules(default_objective: Optional[str], default_init: Optional[str] = INIT_SCRATCH) -> list[dict]:
+    """if/then rules: per objective, its valid schedules; a non-scratch init, DiT's time input.
+
+    default_objective / default_init: the value a left-out field takes (None: the field may be left
+    empty, and then the rule is not stated here)."""
+    rules = [when("objective", name, default_objective, one_of_values("schedule", [*valid_schedules(name), None]))
+             for name in OBJECTIVE_NAMES]
+    test = {"properties": {"init": {"not": {"const": INIT_SCRATCH}, "type": "string"}}, "required": ["init"]}
+    rules.append({"if": test, "then": one_of_values("time_input", [DIT_TIME_INPUT, None])})
+    if default_init not in (None, INIT_SCRATCH):  # a left-out init is a DiT one
+        rules.append({"if": {"not": {"required": ["init"]}}, "then": one_of_values("time_input", [DIT_TIME_INPUT, None])})
+    return rules
+
+
 def fill_time_input(data: dict) -> dict:
     """Before validation: an expert initialised from DiT with no time_input gets DiT's."""
     if isinstance(data, dict) and data.get("init") not in (None, INIT_SCRATCH) and data.get("time_input") is None:
@@ -76,10 +102,15 @@ TIME_INPUT_HELP = ("How the network reads t; empty = the objective's own, or dis
 class ExpertOverride(BaseModel):
     """One cluster's expert declaration in the pipeline (objective, init, schedule, time input)."""
 
-    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
+    model_config = ConfigDict(extra="forbid", title="Expert override", json_schema_extra=form_schema, **SAFE_CONFIG)
 
-    cluster_id: int = Field(..., ge=0, le=4095)
+    cluster_id: int = Field(..., ge=0, le=4095, description="The cluster whose expert this declaration replaces.")
     objective: Optional[Objective] = Field(None, description="Empty: the pipeline's objectives, in turn.")
-    init: Optional[str] = Field(None, description="Empty: the pipeline's expert_init. " + INIT_HELP)
+    init: Optional[str] = Field(None, json_schema_extra={"pattern": INIT_PATTERN},
+                                description="Empty: the pipeline's expert_init. " + INIT_HELP)
     schedule: Optional[Schedule] = Field(None, description=SCHEDULE_HELP)
     time_input: Optional[TimeInput] = Field(None, description=TIME_INPUT_HELP)
+
+    @classmethod
+    def form_rules(cls) -> list[dict]:
+        return declaration_rules(default_objective=None, default_init=None)

@@ -28,7 +28,11 @@ def refuse_credentials(data, where: str = ""):
     return data
 
 
-_KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_KEY_PART = re.compile(rf"^{_SEGMENT}$")
+# The same rules as JSON Schema patterns (ECMA-262), so Prefect refuses a bad name or prefix before a run exists.
+KEY_NAME_PATTERN = rf"^(?!.*\.\.){_SEGMENT}$"
+PREFIX_PATTERN = rf"^(?!.*\.\.){_SEGMENT}(/{_SEGMENT})*$"
 
 
 def check_key_name(value: str, what: str = "name") -> str:

@@ -1,195 +1,130 @@
 """Parameters of every pipeline stage, one definition with two faces: the Prefect UI form (flows take
 these models as parameters) and the command line (hddm_cli builds its options from the same fields).
 
-Pydantic v2 models with descriptions, enums (Literal) and bounds; invalid input is rejected when the
-model is built, before any work starts. No Prefect import here (hddm_core never imports prefect).
-Every stage model carries `artifact_root` (None: $HDDM_ARTIFACT_ROOT or ./artifacts) and `force`.
-The objective, architecture and routing-mode choices are derived from the tables of the modules that
-own them (diffusion.objectives, models.presets, inference.routing); no name is written here.
-The shared base lives in params_base.py and the data stages' models in params_data.py; every model is
-importable from here.
+Pydantic v2 models with titles, descriptions, enums (Literal) and bounds; invalid input is rejected
+when the model is built, before any work starts, and the JSON-Schema-expressible rules are also in
+the schema (form_schema), so the Prefect server refuses them before a run exists. No Prefect import
+here (hddm_core never imports prefect). The objective, architecture and routing-mode choices are
+derived from the tables of the modules that own them; no name is written here.
+
+The pipeline's form holds each stage's Section (its own settings); what the pipeline sets itself
+(artifact root, force, the prefixes one stage reads another from, the experts and router evaluated)
+is PIPELINE_SETS, is not in the form, and is refused with a line saying where to set it. The stage
+models live in params_base.py, params_data.py and params_training.py; every model is importable here.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING
-from hddm_core.inference.routing import FULL, THRESHOLD, TOP_1, TOP_2
-from hddm_core.models.presets import TINY_16
-from hddm_core.pipeline.declarations import (INIT_HELP, SCHEDULE_HELP, TIME_INPUT_HELP, ExpertOverride,
-                                             Objective, Schedule, TimeInput, check_declaration, fill_time_input)
-from hddm_core.pipeline.param_checks import SAFE_CONFIG, check_key_name, check_prefix  # noqa: F401 (re-exported)
+from hddm_core.pipeline.declarations import (INIT_HELP, INIT_PATTERN, ExpertOverride, Objective,  # noqa: F401
+                                             Schedule, TimeInput, check_declaration, declaration_rules)
+from hddm_core.pipeline.form_schema import section
+from hddm_core.pipeline.param_checks import (SAFE_CONFIG, check_key_name, check_prefix,  # noqa: F401 (re-exported)
+                                             refuse_credentials)
 from hddm_core.pipeline.params_base import (AUTO_DEVICE, MAX_SEED, Architecture, Device, PipelinePreset, Precision,  # noqa: F401
-                                            RoutingMode, StageParams, resolve_device)
-from hddm_core.pipeline.params_data import (ClusterParams, DownloadParams, EmbeddedParams, EmbedParams,  # noqa: F401
-                                            LaionParams, PrepareParams, RecaptionParams)
-from hddm_core.pipeline.presets import fill_preset
+                                            RoutingMode, StageParams, StageSettings, resolve_device)
+from hddm_core.pipeline.params_data import (ClusterParams, ClusterSection, DownloadParams, DownloadSection,  # noqa: F401
+                                            EmbeddedParams, EmbedParams, EmbedSection, LaionParams, PrepareParams,
+                                            PrepareSection, RecaptionParams, RecaptionSection)
+from hddm_core.pipeline.params_training import (FID_MIN_SAMPLES, EvaluateParams, EvaluateSection,  # noqa: F401
+                                                RegisterExpertParams, RouterSection, TrainExpertParams,
+                                                TrainHomogeneousParams, TrainingParams, TrainMonolithParams,
+                                                TrainRouterParams)
+from hddm_core.pipeline.presets import PIPELINE_PRESETS, fill_preset
 from hddm_core.training.config import INIT_SCRATCH
 
-
-class TrainingParams(BaseModel):
-    """Loop settings shared by experts and the router."""
-
-    model_config = ConfigDict(extra="forbid", **SAFE_CONFIG)
-
-    architecture: Architecture = Field(TINY_16, description="Model preset (tiny-16/tiny for CPU; S..XL are DiT sizes).")
-    steps: int = Field(200, ge=1, le=10_000_000)
-    batch_size: int = Field(32, ge=1, le=65536)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    warmup_steps: int = Field(0, ge=0, le=10_000_000)
-    ema_decay: float = Field(0.99, ge=0, lt=1)
-    checkpoint_interval: int = Field(100, ge=1, le=10_000_000)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    device: Device = AUTO_DEVICE
-    precision: Precision = "fp32"
-    gradient_checkpointing: bool = Field(False, description="Recompute each DiT block in the backward pass instead of "
-                                                            "storing its activations (experts; for 24-48 GB GPUs).")
-
-
-class TrainExpertParams(StageParams):
-    cluster_id: int = Field(0, ge=0, le=4095, description="The cluster this expert trains on (alone, one device).")
-    objective: Objective = Field(FLOW_MATCHING, description="ddpm-eps (epsilon-prediction) or flow-matching (velocity).")
-    training: TrainingParams = Field(default_factory=TrainingParams)
-    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
-    init: str = Field(INIT_SCRATCH, description=INIT_HELP)
-    schedule: Optional[Schedule] = Field(None, description=SCHEDULE_HELP)
-    time_input: Optional[TimeInput] = Field(None, description=TIME_INPUT_HELP)
-    prepare_prefix: str = "prepare"
-    runs_prefix: str = Field("experts/runs", description="Training runs (checkpoints, exported expert) live under here.")
-    clustering_version: Optional[str] = Field(
-        None, description="The run's clustering version, declared in the expert's manifest (contributors: from "
-                          "`hddmp contrib fetch`; checked at submission). Empty: the run's own, recorded by the prepare stage.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _dit_time(cls, data):
-        return fill_time_input(data)
-
-    @model_validator(mode="after")
-    def _declaration(self):
-        check_declaration(self.objective, self.schedule, self.time_input, self.init)
-        return self
+# What the pipeline sets in each stage's params itself, so the sections (the form) leave it out:
+# section -> (the stage's model, {field: the pipeline field its value is taken from}). One table for the
+# form, the refusal of a value given anyway and PipelineParams.stage().
+PIPELINE_SETS: dict[str, tuple[type[StageParams], dict[str, str]]] = {
+    "download": (DownloadParams, {}),
+    "recaption": (RecaptionParams, {"download_prefix": "download.prefix"}),
+    "embed": (EmbedParams, {"download_prefix": "download.prefix"}),
+    "cluster": (ClusterParams, {"embed_prefix": "embed.prefix", "download_prefix": "download.prefix"}),
+    "prepare": (PrepareParams, {"download_prefix": "download.prefix", "cluster_prefix": "cluster.prefix",
+                                "recaption_prefix": "recaption.prefix"}),
+    "router": (TrainRouterParams, {"prepare_prefix": "prepare.prefix"}),
+    "evaluate": (EvaluateParams, {"prepare_prefix": "prepare.prefix", "cluster_prefix": "cluster.prefix"}),
+}
+# Set for every stage from the top level, and set by the flow at run time (no field holds them).
+EVERY_STAGE_SETS = ("artifact_root", "force")
+RUN_SETS = {("evaluate", "experts"): "the pipeline evaluates the experts it trained (run the `evaluate` flow "
+                                     "to evaluate others)",
+            ("evaluate", "router"): "the pipeline evaluates with the router it trained (run the `evaluate` flow "
+                                    "for another)"}
 
 
-class TrainMonolithParams(TrainExpertParams):
-    """The monolith baseline: one model on every cluster with the K experts' total compute (K x
-    training.steps at the same batch size). cluster_id is ignored (recorded as 0 in its manifest)."""
-
-    objective: Objective = Field(FLOW_MATCHING, description="The monolith's objective (paper: flow matching).")
-
-
-class TrainHomogeneousParams(StageParams):
-    """The homogeneous baseline: one expert per cluster, all with the same objective (flow matching),
-    trained by the train-expert runner (an identical expert of the heterogeneous run is reused)."""
-
-    objective: Objective = Field(FLOW_MATCHING, description="Every expert's objective (paper: flow matching).")
-    training: TrainingParams = Field(default_factory=TrainingParams)
-    caption_dropout: float = Field(0.1, ge=0, lt=1, description="Probability of the null caption (CFG training).")
-    prepare_prefix: str = "prepare"
-    runs_prefix: str = Field("experts/runs", description="Training runs live under here (shared with train-expert).")
-    prefix: str = Field("baselines/homogeneous", description="Where the ensemble's manifest (its experts) is written.")
-
-    def expert_params(self, cluster_id: int) -> TrainExpertParams:
-        return TrainExpertParams(artifact_root=self.artifact_root, force=self.force, cluster_id=cluster_id,
-                                 objective=self.objective, training=self.training,
-                                 caption_dropout=self.caption_dropout, prepare_prefix=self.prepare_prefix,
-                                 runs_prefix=self.runs_prefix)
+def _hint(section: str, name: str) -> str:
+    if name in EVERY_STAGE_SETS:
+        return f"set the top-level {name} instead"
+    if (section, name) in RUN_SETS:
+        return RUN_SETS[section, name]
+    return f"set {PIPELINE_SETS[section][1][name]} instead (the pipeline passes it on)"
 
 
-class TrainRouterParams(StageParams):
-    training: TrainingParams = Field(default_factory=lambda: TrainingParams(steps=300, lr=1e-3))
-    time_sampling: Literal["uniform", "logit-normal"] = "uniform"
-    eval_samples_per_bucket: int = Field(64, ge=1, le=100000)
-    prepare_prefix: str = "prepare"
-    prefix: str = "router"
-
-
-class RegisterExpertParams(StageParams):
-    source: str = Field(..., description="Expert folder or URL holding expert.json + weights-*.safetensors.")
-    name: str = Field(..., description="Name under the experts prefix (letters, digits, '.', '_', '-').")
-    experts_prefix: str = Field("experts/registry", description="Where registered experts live in the store.")
-    emit_event: bool = Field(True, description="Emit hddm.expert.landed (Prefect event) once stored.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        return check_key_name(v, "expert name")
-
-    @field_validator("experts_prefix")
-    @classmethod
-    def _prefix(cls, v):
-        return check_prefix(v, "experts_prefix")
-
-
-class EvaluateParams(StageParams):
-    experts: list[str] = Field([], description="Expert folders/URLs; empty = every expert under experts_prefix.")
-    router: Optional[str] = Field(None, description="Router folder/URL; empty = no router (single/threshold modes only).")
-    routing_modes: list[RoutingMode] = Field([TOP_1, TOP_2, FULL, THRESHOLD], min_length=1,
-                                             description="Routing modes to sample and compare (same seeds).")
-    tau: float = Field(0.3, ge=0, le=1, description="Threshold router switch time (paper: 0.2-0.3 favours FID).")
-    n_prompts: int = Field(8, ge=1, le=100000, description="Captions sampled from the prepared data.")
-    images_per_prompt: int = Field(4, ge=1, le=1000, description="Seeds per prompt (diversity is measured within).")
-    steps: int = Field(20, ge=1, le=1000, description="Euler steps (paper: 50).")
-    cfg_scale: float = Field(1.5, ge=0, le=50, description="Classifier-free guidance scale (paper: 7.5).")
-    reference_images: int = Field(64, ge=3, le=100000, description="Real images (from the experts' clusters) the "
-                                                                   "Frechet distance compares against.")
-    fd_dims: int = Field(16, ge=2, le=2048, description="Inception features projected to this width for the "
-                                                        "small-sample Frechet distance (named FD-inception-projN).")
-    fid_samples: Optional[int] = Field(None, description="Also compute FID (2048-d Inception) on this many samples "
-                                                          "per routing mode against the held-out split's "
-                                                          "statistics; at least 2,049; empty = none.")
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    device: Device = Field(AUTO_DEVICE, description="Where sampling, decoding and feature extraction run.")
-    batch_size: int = Field(64, ge=1, le=65536, description="Samples per sampler call, VAE decode and feature batch.")
-
-    @field_validator("fid_samples")
-    @classmethod
-    def _fid_samples(cls, v):
-        from hddm_core.metrics.fid import INCEPTION_DIM, min_samples
-
-        if v is not None and v < min_samples(INCEPTION_DIM):
-            raise ValueError(f"fid_samples={v} is below the minimum {min_samples(INCEPTION_DIM)} for FID "
-                             f"({INCEPTION_DIM}-d features need n > d); leave it empty for the projected distance")
-        return v
-    expert_grid_images: int = Field(4, ge=0, le=64, description="Images per expert alone on its own cluster's "
-                                                                "prompts, one grid each; 0 = none.")
-    vae_model: Optional[str] = Field(None, description="Decode latents with the VAE from here (a local copy); empty = "
-                                                       "the prepare manifest's latent.model.")
-    experts_prefix: str = "experts/registry"
-    prepare_prefix: str = "prepare"
-    cluster_prefix: str = "cluster"
-    evaluations_prefix: str = "evaluations"
+def _refuse_set_by_pipeline(data: dict) -> dict:
+    """data with each stage given as a model turned into the fields it set; ValueError (one line) for a
+    field the pipeline sets itself."""
+    data = dict(data)
+    for part, (kind, _) in PIPELINE_SETS.items():
+        given = data.get(part)
+        if isinstance(given, StageSettings):
+            given = data[part] = given.model_dump(exclude_unset=True)
+        if not isinstance(given, dict):
+            continue
+        own = PipelineParams.model_fields[part].annotation.model_fields
+        for name in given:
+            if name in kind.model_fields and name not in own:
+                raise ValueError(f"{part}.{name} is set by the pipeline, not here: {_hint(part, name)}")
+    return data
 
 
 class PipelineParams(StageParams):
-    """The end-to-end job: download -> recaption -> embed -> cluster -> prepare -> K experts -> router -> evaluate."""
+    """The end-to-end job: download -> recaption -> embed -> cluster -> prepare -> K experts -> router ->
+    evaluate. The defaults are the demo's sizes (minutes on a laptop); preset paper is HDDM's."""
+
+    model_config = ConfigDict(title="HDDM pipeline")
+    form_order: ClassVar[tuple[str, ...]] = ("preset", "artifact_root", "objectives", "train_deployment", "force")
 
     preset: Optional[PipelinePreset] = Field(
-        None, description="Fill defaults from a preset (demo: the CPU demo; paper: HDDM's configuration, "
-                          "docs/paper-recipe.md); fields you set win. Empty: the plain defaults.")
-    download: DownloadParams = Field(default_factory=DownloadParams)
-    recaption: RecaptionParams = Field(default_factory=RecaptionParams)
-    embed: EmbedParams = Field(default_factory=EmbedParams)
-    cluster: ClusterParams = Field(default_factory=ClusterParams)
-    prepare: PrepareParams = Field(default_factory=PrepareParams)
+        None, description="Fill defaults from a preset (demo: the CPU demo, the plain defaults; paper: HDDM's "
+                          "configuration, docs/paper-recipe.md); fields you set win. Empty: the plain defaults.")
+    download: DownloadSection = section("Download (LAION or embedded)", default_factory=DownloadSection,
+                                      description="Images and captions into webdataset shards.")
+    recaption: RecaptionSection = section("Recaption (original captions or LLaVA)", default_factory=RecaptionSection,
+                                        description="Original captions, or LLaVA's.")
+    embed: EmbedSection = section("Embed (image features)", default_factory=EmbedSection,
+                                description="Image features the clustering runs on.")
+    cluster: ClusterSection = section("Cluster (hierarchical k-means)", default_factory=ClusterSection,
+                                    description="Hierarchical k-means; K clusters = K experts.")
+    prepare: PrepareSection = section("Prepare (latents, text tokens, held-out split)", default_factory=PrepareSection,
+                                    description="Per-cluster latents, caption tokens and the held-out split.")
     objectives: list[Objective] = Field([DDPM_EPS, FLOW_MATCHING], min_length=1,
                                         description="Objectives assigned to clusters in turn (mixed = heterogeneous).")
-    expert_training: TrainingParams = Field(default_factory=TrainingParams)
-    expert_init: str = Field(INIT_SCRATCH, description="Every expert's init unless overridden. " + INIT_HELP)
+    expert_training: TrainingParams = section("Expert training loop", default_factory=TrainingParams,
+                                            description="Every expert's training loop.")
+    expert_init: str = Field(INIT_SCRATCH, json_schema_extra={"pattern": INIT_PATTERN},
+                             description="Every expert's init unless overridden. " + INIT_HELP)
     expert_overrides: list[ExpertOverride] = Field(
         [], description="Per-cluster declarations (objective, init, schedule, time_input) that replace the ones above.")
-    router: TrainRouterParams = Field(default_factory=TrainRouterParams)
-    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    router: RouterSection = section("Router training", default_factory=RouterSection,
+                                  description="The router that weights the experts.")
+    evaluate: EvaluateSection = section("Evaluation (routing modes, FD/FID, report)", default_factory=EvaluateSection,
+                                      description="Every routing mode sampled with the same seeds; the report.")
     train_deployment: Optional[str] = Field(
         None, description="'flow/deployment' to fan expert training out as flow runs on a work pool "
                           "(e.g. train-expert/train-expert on hddm-gpu); empty = in-process.")
-    register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted).")
+    register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted) "
+                                                     "under evaluate.experts_prefix.")
 
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data, info: ValidationInfo):
+        if isinstance(data, dict):  # credentials first: that refusal never echoes the value
+            data = _refuse_set_by_pipeline(refuse_credentials(data))
         # context {"preset_applied": True}: the caller (the command line) merged the preset itself, so a
         # value it passes is explicit even when it equals the plain default
         if isinstance(data, dict) and data.get("preset") and not (info.context or {}).get("preset_applied"):
@@ -205,19 +140,50 @@ class PipelineParams(StageParams):
 
     @model_validator(mode="after")
     def _declarations(self):
+        check_declaration(self.objectives[0], None, None, self.expert_init, where="expert_")  # a blank init
         for i, o in enumerate(self.expert_overrides):
             init = o.init or self.expert_init
             objective = o.objective or self.objectives[o.cluster_id % len(self.objectives)]
             check_declaration(objective, o.schedule, o.time_input, init, where=f"expert_overrides[{i}].")
         return self
 
+    @classmethod
+    def form_rules(cls) -> list[dict]:
+        """A preset that downloads a parquet needs its key; a DiT expert_init, DiT's time input in the
+        overrides that leave init empty."""
+        rules = []
+        for name, values in PIPELINE_PRESETS.items():
+            if values.get("download", {}).get("source") == "parquet":
+                rules.append({"if": {"properties": {"preset": {"const": name}}, "required": ["preset"]},
+                              "then": {"required": ["download"], "properties": {"download": {
+                                  "required": ["url_list_key"],
+                                  "properties": {"url_list_key": {"type": "string", "minLength": 1}}}}}})
+        dit_init = declaration_rules(None, default_init="dit")[-1]  # the rule for an init left empty
+        rules.append({"if": {"properties": {"expert_init": {"not": {"const": INIT_SCRATCH}}},
+                             "required": ["expert_init"]},
+                      "then": {"properties": {"expert_overrides": {"items": dit_init}}}})
+        return rules
+
     def override(self, cluster_id: int) -> Optional[ExpertOverride]:
         found = [o for o in self.expert_overrides if o.cluster_id == cluster_id]
         return found[-1] if found else None
 
-    def stage(self, sub: StageParams) -> StageParams:
-        """A stage's params with the pipeline's artifact_root and force applied."""
-        return sub.model_copy(update={"artifact_root": self.artifact_root, "force": self.force or sub.force})
+    def stage(self, sub: StageSettings) -> StageParams:
+        """A section as its stage's params: the pipeline's artifact_root and force, and the prefixes it
+        reads from the stages before it (PIPELINE_SETS)."""
+        if isinstance(sub, StageParams):  # already a stage's params (a caller's own)
+            return sub.model_copy(update={"artifact_root": self.artifact_root, "force": self.force or sub.force})
+        name = next(n for n in PIPELINE_SETS if type(sub) is type(self).model_fields[n].annotation)
+        kind, sets = PIPELINE_SETS[name]
+        derived = {field: self._value(path) for field, path in sets.items()}
+        return kind.model_validate({**sub.model_dump(), **derived, "artifact_root": self.artifact_root,
+                                    "force": self.force})
+
+    def _value(self, path: str) -> Any:
+        node: Any = self
+        for part in path.split("."):
+            node = getattr(node, part)
+        return node
 
     def expert_params(self, cluster_id: int) -> TrainExpertParams:
         o = self.override(cluster_id)

@@ -4,7 +4,8 @@ A preset fills defaults, it does not pin values: `PipelineParams(preset="paper",
 value below for the fields the caller leaves unset (or at the plain default, which is what the
 Prefect form sends for a field nobody touched); a field the caller sets to something else wins.
 
-- demo: the one-command demo on the embedded default, sized for 2 CPU cores (`hddmp demo`).
+- demo: the one-command demo on the embedded default, sized for 2 CPU cores (`hddmp demo`): the plain
+  defaults themselves (PipelineParams(), the Prefect form's Quick run), so it fills nothing.
 - paper: HDDM's configuration (Jiang et al., CVPR 2026): K = 8, clusters 0 and 3 DDPM-eps and the
   other six flow matching (the paper's "2 DDPM + 6 FM"), DiT-XL/2 AdaLN-Single experts at 256 px in
   SD-VAE (sd-vae-ft-mse) latents, CLIP ViT-L/14 text with 77 tokens, DINOv2 ViT-L/14 embeddings,
@@ -18,33 +19,19 @@ import copy
 from typing import Any
 
 from hddm_core.diffusion.objectives import DDPM_EPS, FLOW_MATCHING
-from hddm_core.models.presets import DIT_B_2, DIT_XL_2, TINY_16
+from hddm_core.models.presets import DIT_B_2, DIT_XL_2
 
 DEMO, PAPER = "demo", "paper"
 
-_DEMO = {
-    "download": {"embedded": {"size": 32, "limit": 256}, "image_size": 32},
-    "recaption": {"captioner": "passthrough"},
-    "embed": {"embedder": "inception-v3-fid", "batch_size": 32},
-    "cluster": {"n_clusters": 4, "balance": True},
-    "prepare": {"resolution": 16, "max_length": 16},
-    "objectives": [DDPM_EPS, FLOW_MATCHING],
-    # 1000 steps: at 200 the 16 px samples were colour noise; at 1000-1500 they show each prompt's
-    # layout and palette (measured on this CPU: ~50 s per expert with 2 threads)
-    "expert_training": {"architecture": TINY_16, "steps": 1000, "batch_size": 32, "lr": 2e-3, "ema_decay": 0.995,
-                        "checkpoint_interval": 250},
-    "router": {"training": {"architecture": TINY_16, "steps": 400, "batch_size": 64, "lr": 2e-3, "ema_decay": 0.99,
-                            "checkpoint_interval": 200},
-               "eval_samples_per_bucket": 32},
-    "evaluate": {"n_prompts": 6, "images_per_prompt": 3, "reference_images": 48, "steps": 30, "cfg_scale": 1.5},
-}
+# The demo's sizes are the plain defaults (PipelineParams(), the form's Quick run): nothing to fill.
+_DEMO: dict = {}
 
 _PAPER = {
-    "download": {"source": "parquet", "image_size": 256, "resize_mode": "center_crop", "encode_format": "jpg",
+    "download": {"source": "parquet", "embedded": {"limit": None}, "image_size": 256, "resize_mode": "center_crop", "encode_format": "jpg",
                  "number_sample_per_shard": 10000, "processes_count": 16, "thread_count": 64},
     "recaption": {"captioner": "llava", "llava_model": "llava-hf/llava-1.5-7b-hf", "batch_size": 32},
     "embed": {"embedder": "dinov2", "dinov2_model": "facebook/dinov2-large", "batch_size": 256},
-    "cluster": {"n_clusters": 8},
+    "cluster": {"n_clusters": 8, "balance": False},
     "prepare": {"latent_space": "sd-vae", "resolution": 256, "vae_model": "stabilityai/sd-vae-ft-mse",
                 "text_encoder": "clip", "clip_model": "openai/clip-vit-large-patch14", "max_length": 77,
                 "batch_size": 64},
@@ -53,7 +40,8 @@ _PAPER = {
     "expert_training": {"architecture": DIT_XL_2, "steps": 400_000, "batch_size": 64, "lr": 1e-4, "warmup_steps": 0,
                         "ema_decay": 0.9999, "checkpoint_interval": 5000, "precision": "bf16"},
     "router": {"training": {"architecture": DIT_B_2, "steps": 100_000, "batch_size": 256, "lr": 1e-4,
-                            "ema_decay": 0.9999, "checkpoint_interval": 5000, "precision": "bf16"}},
+                            "ema_decay": 0.9999, "checkpoint_interval": 5000, "precision": "bf16"},
+               "eval_samples_per_bucket": 64},
     "evaluate": {"steps": 50, "cfg_scale": 7.5, "n_prompts": 100, "images_per_prompt": 10,
                  "reference_images": 10000, "batch_size": 64},
 }
@@ -64,7 +52,8 @@ PIPELINE_PRESET_NAMES = tuple(PIPELINE_PRESETS)
 # Where each paper value comes from: "paper" (HDDM), "DiT" / "PixArt-alpha" (what HDDM builds on), or
 # "ours" (not given by any of them; chosen for one expert per GPU). docs/paper-recipe.md prints this.
 PAPER_SOURCES = {
-    "cluster.n_clusters": "paper", "objectives": "paper", "expert_training.architecture": "paper",
+    "cluster.n_clusters": "paper", "cluster.balance": "ours (plain nearest-centroid assignment)",
+    "router.eval_samples_per_bucket": "ours", "objectives": "paper", "expert_training.architecture": "paper",
     "prepare.*": "paper", "embed.dinov2_model": "paper", "recaption.llava_model": "paper",
     "evaluate.steps": "paper", "evaluate.cfg_scale": "paper", "router.training.architecture": "paper",
     "evaluate.n_prompts": "paper (diversity: 10 images for each of 100 prompts)",

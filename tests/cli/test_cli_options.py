@@ -41,7 +41,7 @@ def test_help_shows_defaults_choices_and_bounds(capsys):
         main(["expert", "train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--objective {ddpm-eps,flow-matching,x0}" in text
-    assert "[default: flow-matching]" in text and "(>= 1, <= 10000000) [default: 200]" in text
+    assert "[default: flow-matching]" in text and f"(>= 1, <= 10000000) [default: {P.TrainingParams().steps}]" in text
 
 
 def test_values_reach_the_model_and_unset_ones_keep_defaults():

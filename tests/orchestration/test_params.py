@@ -39,11 +39,11 @@ def test_bounds_enums_and_cross_field_rules():
 def test_json_schema_carries_descriptions_enums_and_bounds():
     schema = P.PipelineParams.model_json_schema()
     defs = schema["$defs"]
-    assert defs["ClusterParams"]["properties"]["n_clusters"]["minimum"] == 2
-    assert "description" in defs["ClusterParams"]["properties"]["n_clusters"]
+    assert defs["ClusterSection"]["properties"]["n_clusters"]["minimum"] == 2
+    assert "description" in defs["ClusterSection"]["properties"]["n_clusters"]
     objective = defs["TrainingParams"]["properties"]["architecture"]
     assert "tiny-16" in objective["enum"]
-    assert set(defs["EvaluateParams"]["properties"]["routing_modes"]["items"]["enum"]) >= {"top-1", "full", "threshold"}
+    assert set(defs["EvaluateSection"]["properties"]["routing_modes"]["items"]["enum"]) >= {"top-1", "full", "threshold"}
 
 
 def test_pipeline_assigns_mixed_objectives_and_propagates_root():
@@ -85,7 +85,7 @@ def test_literals_are_the_vocabulary_tables():
     assert set(typing.get_args(P.Architecture)) == set(PRESET_NAMES)
     assert typing.get_args(P.RoutingMode) == ROUTING_NAMES
     schema = P.PipelineParams.model_json_schema()["$defs"]
-    assert schema["EvaluateParams"]["properties"]["routing_modes"]["items"]["enum"] == list(ROUTING_NAMES)
+    assert schema["EvaluateSection"]["properties"]["routing_modes"]["items"]["enum"] == list(ROUTING_NAMES)
     objective = P.TrainExpertParams.model_json_schema()["properties"]["objective"]
     assert objective["enum"] == list(OBJECTIVES)
 

@@ -51,7 +51,10 @@ def test_set_fields_win_and_the_form_case_takes_the_preset():
 def test_demo_params_are_the_demo_preset():
     d = P.demo_params("/tmp/run")
     assert d.preset == DEMO and d.expert_training.architecture == TINY_16 and d.expert_training.steps == 1000
-    assert d.cluster.n_clusters == PIPELINE_PRESETS[DEMO]["cluster"]["n_clusters"] and d.cluster.balance
+    assert d.cluster.n_clusters == 4 and d.cluster.balance
+    # the demo's sizes are the plain defaults (the Prefect form's Quick run): the preset fills nothing
+    assert PIPELINE_PRESETS[DEMO] == {} and d.model_copy(update={"preset": None}) == P.PipelineParams(
+        artifact_root="/tmp/run")
 
 
 def test_command_line_values_are_explicit_even_at_the_plain_default():
