@@ -4,7 +4,6 @@ then check the expert-landed trigger: one evaluation per expert even when the ev
 (within this server session; across a restart: test_e2e_once.py)."""
 import os
 import time
-import uuid
 
 import pytest
 
@@ -66,9 +65,7 @@ def _wait(predicate, timeout, what):
 def test_pipeline_deployment_and_exactly_once_evaluation(stack):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.events import emit_event
-
-    from hddm_tasks.events import EXPERT_LANDED_EVENT, landed_event_id
+    from hddm_tasks.events import send_landed
 
     s, root = stack
     params = tiny_params(root, train_deployment="train-expert/train-expert")
@@ -95,11 +92,11 @@ def test_pipeline_deployment_and_exactly_once_evaluation(stack):
 
             sha = json.load(open(os.path.join(folder, "expert.json")))["weights_sha256"]
             uri = next(u for u in uris if u.endswith(os.path.basename(folder)))
-            for _ in range(2):
-                emit_event(EXPERT_LANDED_EVENT, id=uuid.UUID(landed_event_id(sha)),
-                           resource={"prefect.resource.id": f"hddm.expert.{sha}"}, payload={"expert_uri": uri})
+            for _ in range(2):  # delivered (confirmed by the server) twice, under the same event id
+                send_landed(s.api_url, expert_uri=uri, weights_sha256=sha,
+                            prefix=f"experts/registry/{os.path.basename(folder)}")
             time.sleep(20)  # longer than the trigger service needs to act on a new event
             runs = _evaluate_runs(client, evaluate.id)
             assert sorted(r.parameters["expert_uri"] for r in runs) == uris, "a repeated landing evaluated again"
-    evaluations = [d for d in os.listdir(os.path.join(root, "evaluations"))]
+    evaluations = [d for d in os.listdir(os.path.join(root, "evaluations")) if d != "references"]
     assert len(evaluations) == 3  # the pipeline's ensemble evaluation + one per landed expert
