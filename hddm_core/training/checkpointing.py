@@ -160,7 +160,7 @@ class CheckpointManager:
             raise CorruptCheckpoint(f"{self.store.uri(self._key(folder))}: no {STATE_FILE} (incomplete)") from None
         if state.get("version") != CHECKPOINT_VERSION or state.get("step") != step:
             raise CorruptCheckpoint(f"{self.store.uri(self._key(folder))}: bad state header {state.get('version')!r}/{state.get('step')!r}")
-        tensors, extras = {}, {}
+        tensors = {}
         for fname, digest in state["files"].items():
             try:
                 data = self.store.read_bytes(self._key(folder, fname))
