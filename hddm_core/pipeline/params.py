@@ -186,6 +186,10 @@ class PipelineParams(StageParams):
         None, description="'flow/deployment' to fan expert training out as flow runs on a work pool "
                           "(e.g. train-expert/train-expert on hddm-gpu); empty = in-process.")
     register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted).")
+    local_trainers: Optional[int] = Field(
+        None, ge=1, description="Without train_deployment: how many experts train at once, each in its own process "
+                                "(1 = one after the other in this process); empty = one per CPU core when experts "
+                                "train on the CPU, 1 on a GPU (hddm_flows.local_fan_out).")
 
     @model_validator(mode="before")
     @classmethod
