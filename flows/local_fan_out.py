@@ -21,6 +21,7 @@ from typing import Optional
 from prefect import flow
 from prefect.futures import wait
 
+from hddm_core.pipeline import stages
 from hddm_core.pipeline.params import TrainExpertParams
 from hddm_core.pipeline.params_base import resolve_device
 from hddm_core.pipeline.stages import StageRef
@@ -42,16 +43,20 @@ def trainer_count(local_trainers: Optional[int], jobs: list[TrainExpertParams]) 
 
 def train_experts_locally(jobs: list[TrainExpertParams], local_trainers: Optional[int] = None) -> list[StageRef]:
     """Each job's StageRef, in order: one train-expert subflow after the other when one trainer is
-    wanted (the path taken before concurrency), else task runs on a pool of trainer processes."""
-    n = trainer_count(local_trainers, jobs)
+    wanted (the path taken before concurrency), else task runs on a pool of trainer processes for the
+    experts not trained yet (a finished one is reused in this process: a rerun spawns nothing)."""
+    todo = [i for i, job in enumerate(jobs) if job.force or stages.recorded_ref("train-expert", job) is None]
+    n = trainer_count(local_trainers, [jobs[i] for i in todo])
     if n == 1:
         return [stage_flows.train_expert(job) for job in jobs]
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.task_runners import ProcessPoolTaskRunner
 
+    refs = {i: stage_flows.train_expert(job) for i, job in enumerate(jobs) if i not in todo}
     runner = ProcessPoolTaskRunner(max_workers=n, initializer=one_torch_thread)
     with temporary_settings({PREFECT_API_URL: api_url()}):  # the children's env is built from these settings
-        return train_experts.with_options(task_runner=runner)(jobs)
+        refs.update(zip(todo, train_experts.with_options(task_runner=runner)([jobs[i] for i in todo])))
+    return [refs[i] for i in range(len(jobs))]
 
 
 def one_torch_thread() -> None:

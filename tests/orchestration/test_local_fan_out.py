@@ -86,3 +86,32 @@ def test_a_failed_cluster_is_named_and_the_others_are_kept(tmp_path, prefect_har
         train_experts_locally([missing, good], local_trainers=2)
     kept = recorded_expert(good)  # the finished expert is recorded: a rerun reuses it
     assert kept.extra["cluster_id"] == 0 and os.path.exists(_path(kept.uri))
+
+
+def test_only_the_experts_not_trained_yet_go_to_the_pool(monkeypatch):
+    """A finished expert is reused in this process; the pool gets the rest, results in job order; with
+    one expert left to train nothing is spawned."""
+    from hddm_core.pipeline import stages
+    from hddm_flows import local_fan_out
+
+    jobs, recorded = _jobs(4), {0, 2}
+    in_process, pooled = [], []
+
+    class FakePool:  # stands in for the train-experts-in-processes flow
+        def with_options(self, task_runner):
+            assert task_runner._max_workers == 2
+            return lambda js: pooled.append([j.cluster_id for j in js]) or [f"pool-{j.cluster_id}" for j in js]
+
+    monkeypatch.setattr(stages, "recorded_ref", lambda stage, job: "ref" if job.cluster_id in recorded else None)
+    monkeypatch.setattr(local_fan_out.stage_flows, "train_expert",
+                        lambda job: in_process.append(job.cluster_id) or f"here-{job.cluster_id}")
+    monkeypatch.setattr(local_fan_out, "train_experts", FakePool())
+    monkeypatch.setattr(local_fan_out, "api_url", lambda: "http://127.0.0.1:1/api")
+    assert local_fan_out.train_experts_locally(jobs, 4) == ["here-0", "pool-1", "here-2", "pool-3"]
+    assert in_process == [0, 2] and pooled == [[1, 3]]
+    in_process.clear()
+    recorded = {0, 1, 2}
+    assert local_fan_out.train_experts_locally(jobs, 4) == ["here-0", "here-1", "here-2", "here-3"]
+    assert in_process == [0, 1, 2, 3] and pooled == [[1, 3]]  # the last one trained here, no pool
+    forced = [j.model_copy(update={"force": True}) for j in jobs]
+    assert local_fan_out.train_experts_locally(forced, 2) == [f"pool-{c}" for c in range(4)]  # force retrains all
