@@ -52,7 +52,7 @@ def _run_names_and_progress():
     return runs, keys
 
 
-@pytest.mark.slow  # ~2 min on 2 loaded cores: two trainings, and each trainer process imports torch
+@pytest.mark.slow  # 1-2 min on 2 shared cores: two trainings, and each trainer process imports torch
 def test_concurrent_training_gives_the_sequential_weights(tmp_path, prefect_harness):
     from hddm_flows.local_fan_out import train_experts_locally
 
@@ -74,7 +74,7 @@ def test_concurrent_training_gives_the_sequential_weights(tmp_path, prefect_harn
     assert {"train-expert-cluster-0", "train-expert-cluster-1"} <= keys
 
 
-@pytest.mark.slow  # ~100 s on 2 loaded cores
+@pytest.mark.slow  # 50-100 s on 2 shared cores
 def test_a_failed_cluster_is_named_and_the_others_are_kept(tmp_path, prefect_harness):
     from hddm_flows.fan_out import recorded_expert
     from hddm_flows.local_fan_out import train_experts_locally
