@@ -3,8 +3,8 @@ register -> evaluate. Order and fan-out only; every stage is its own (sub)flow a
 
 Expert training fans out per cluster: with `train_deployment` set, each cluster is a separate flow run
 of that deployment (e.g. on the hddm-gpu pool, one GPU each), linked to this run as a subflow so
-cancelling the pipeline cancels them; without it, the same flow runs in-process, one cluster after the
-other (the embedded default on a laptop).
+cancelling the pipeline cancels them; without it, the experts train on this machine, `local_trainers` at
+once, each in its own process (hddm_flows.local_fan_out; 1 = one cluster after the other in this process).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hddm_core.pipeline.stages import StageRef
 
 from hddm_flows import stages as stage_flows
 from hddm_flows.fan_out import run_deployments
+from hddm_flows.local_fan_out import train_experts_locally
 
 
 @flow(name="pipeline", log_prints=True)
@@ -30,7 +31,7 @@ def pipeline(params: PipelineParams = PipelineParams()) -> dict:
     if params.train_deployment:
         experts = run_deployments(params.train_deployment, jobs)
     else:
-        experts = [stage_flows.train_expert(job) for job in jobs]
+        experts = train_experts_locally(jobs, params.local_trainers)
     router = stage_flows.train_router(params.stage(params.router))
     if params.register_experts:
         for e in experts:

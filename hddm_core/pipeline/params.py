@@ -119,6 +119,11 @@ class PipelineParams(StageParams):
                           "(e.g. train-expert/train-expert on hddm-gpu); empty = in-process.")
     register_experts: bool = Field(True, description="Register each trained expert (validated, stored, event emitted) "
                                                      "under evaluate.experts_prefix.")
+    local_trainers: Optional[int] = Field(
+        None, ge=1, description="The Prefect flow without train_deployment: how many experts train at once, each "
+                                "in its own process (1 = one after the other in this process); empty = one per CPU "
+                                "core when experts train on the CPU, 1 on a GPU (hddm_flows.local_fan_out). The "
+                                "serverless `hddmp pipeline` trains them one after the other.")
 
     @model_validator(mode="before")
     @classmethod
